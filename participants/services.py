@@ -1,0 +1,317 @@
+"""Writes on the participant's journey. Every function takes the participant's row lock first."""
+import hashlib
+import hmac
+import json
+import random
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from explainers.arms import arm_available
+from studies.models import StudyVersion
+from studies.protocol import Protocol
+from studies.scoring import answer_evaluate
+from studies.selectors import study_version_open
+
+from .models import STEP_ORDER, AllocationSequence, PageVisit, Participant, Response, Step
+
+_rng = random.SystemRandom()
+CLIENT_EVENT_KEYS = ("visibility_changes", "hidden_ms", "paste_count", "first_input_ms", "blur_count")
+
+
+class EntryRefused(Exception):
+    """Entry is not possible; `reason` is one of not_open, paused, pid_required."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StepError(Exception):
+    """The participant is not at the step this action belongs to."""
+
+
+class ConsentRequired(Exception):
+    """Nothing may be stored for a participant who has not consented."""
+
+
+class TooEarly(Exception):
+    """The participant tried to leave a page before its minimum time; `remaining_s` says how long."""
+
+    def __init__(self, remaining_s: int):
+        super().__init__(f"{remaining_s} s left")
+        self.remaining_s = remaining_s
+
+
+class AllocationError(Exception):
+    """No arm of the study can be allocated."""
+
+
+def identifier_hash(value: str) -> str:
+    """Return the keyed hash under which a recruiter's identifier (PID, session id) is stored."""
+    return hmac.new(settings.PID_HASH_KEY.encode(), value.strip().encode(), hashlib.sha256).hexdigest()
+
+
+def participant_enter(
+    *, slug: str, pid: str, recruiter_study_id: str = "", session_id: str = "", language: str = "en",
+    link_kind: str | None = None,
+) -> Participant:
+    """Return the participant for this PID (resuming), or create one. Safe under concurrent entries."""
+    version = study_version_open(slug=slug)
+    if version is None:
+        raise EntryRefused("not_open")
+    pid_hash = identifier_hash(pid) if pid else None
+    if pid_hash:
+        existing = Participant.objects.filter(study_id=version.study_id, pid_hash=pid_hash).first()
+        if existing is not None:
+            return existing
+    if version.state != StudyVersion.State.LIVE:
+        raise EntryRefused("paused")
+    if not pid_hash and not (version.spec["recruitment"]["allow_without_pid"] or link_kind):
+        raise EntryRefused("pid_required")
+    language = language if language in version.spec["languages"] else version.spec["languages"][0]
+    try:
+        with transaction.atomic():
+            return Participant.objects.create(
+                token=secrets.token_urlsafe(32),
+                study_id=version.study_id,
+                version=version,
+                version_sha256=version.sha256,
+                pid_hash=pid_hash,
+                session_hash=identifier_hash(session_id) if session_id else "",
+                recruiter_study_id=recruiter_study_id[:64],
+                language=language,
+                is_pilot=link_kind == "pilot",
+                is_simulated=link_kind == "simulated",
+            )
+    except IntegrityError:
+        return Participant.objects.get(study_id=version.study_id, pid_hash=pid_hash)
+
+
+def participant_language_set(*, participant: Participant, language: str) -> None:
+    if language in participant.version.spec["languages"] and language != participant.language:
+        participant.language = language
+        participant.save(update_fields=["language"])
+
+
+def participant_consent(*, participant_id: int, accept: bool) -> Participant:
+    """Record consent (allocating when the study allocates at consent) or the refusal."""
+    with transaction.atomic():
+        participant = _lock(participant_id)
+        if participant.step != Step.CONSENT:
+            raise StepError(participant.step)
+        spec = participant.version.spec
+        now = timezone.now()
+        if not accept:
+            participant.status = Participant.Status.DECLINED
+            participant.step = Step.DONE
+            participant.completed_at = now
+            participant.save(update_fields=["status", "step", "completed_at"])
+            return participant
+        consent = spec["consent"]
+        participant.consent_version = consent["version"]
+        participant.consent_sha256 = hashlib.sha256(
+            json.dumps(consent, sort_keys=True, ensure_ascii=False).encode()
+        ).hexdigest()
+        participant.consented_at = now
+        if spec["allocation"]["when"] == "consent":
+            _allocate(participant, stratum="arms")
+            participant.form_order = _draw(participant.version, f"forms:{participant.arm}", ["AB", "BA"])[0]
+        else:
+            participant.form_order = _draw(participant.version, "forms", ["AB", "BA"])[0]
+        participant.step = Step.PRE_TEST
+        participant.save()
+        return participant
+
+
+def page_visit_shown(*, participant: Participant, page: str) -> PageVisit:
+    """Record that a page was shown (first time and count); the clock for its time runs from the first."""
+    _require_consent(participant)
+    now = timezone.now()
+    visit, created = PageVisit.objects.get_or_create(
+        participant=participant, page=page,
+        defaults={"first_shown_at": now, "last_shown_at": now, "version_sha256": participant.version_sha256},
+    )
+    if not created:
+        PageVisit.objects.filter(pk=visit.pk).update(last_shown_at=now, shown_count=F("shown_count") + 1)
+    Participant.objects.filter(pk=participant.pk).update(last_seen_at=now)
+    return visit
+
+
+def response_submit(
+    *, participant_id: int, phase: str, item_id: str, values: list[str], confidence: str | None = None,
+    client: str = "",
+) -> tuple[Participant, bool]:
+    """Store the answer to the participant's current item; return (participant, stored).
+
+    A submit for an item that is not the current one (a double click, a stale tab) stores nothing.
+    Raises AnswerInvalid, with nothing stored, when the answer does not fit the item.
+    """
+    with transaction.atomic():
+        participant = _lock(participant_id)
+        _require_consent(participant)
+        if participant.step != phase:
+            raise StepError(participant.step)
+        protocol = Protocol(participant.version.spec)
+        item_ids = protocol.phase_item_ids(phase, participant.form_order)
+        answered = set(participant.responses.filter(phase=phase).values_list("item_id", flat=True))
+        remaining = [i for i in item_ids if i not in answered]
+        if not remaining or item_id != remaining[0]:
+            return participant, False
+        scored = answer_evaluate(protocol, item_id, values, confidence, participant.version.target_keys)
+        visit = _visit_submit(participant, page=f"{phase}:{item_id}", client=client)
+        Response.objects.create(
+            participant=participant,
+            phase=phase,
+            item_id=item_id,
+            form=protocol.phase_form(phase, participant.form_order),
+            concept=protocol.items[item_id].get("concept") or "",
+            value=scored.value,
+            score=scored.score,
+            correct=scored.correct,
+            confidence=scored.confidence,
+            time_ms=visit.server_ms,
+            version_sha256=participant.version_sha256,
+        )
+        if len(remaining) == 1:
+            if phase == Step.PRE_TEST and not participant.arm:
+                _allocate(participant, stratum=_pretest_stratum(participant, protocol))
+            _advance(participant)
+        return participant, True
+
+
+def explanation_finish(*, participant_id: int, client: str = "") -> Participant:
+    """Leave the explanation step, once the arm's minimum time has passed."""
+    with transaction.atomic():
+        participant = _lock(participant_id)
+        _require_consent(participant)
+        if participant.step != Step.EXPLANATION:
+            raise StepError(participant.step)
+        arm = Protocol(participant.version.spec).arms[participant.arm]
+        min_seconds = int(arm.get("limits", {}).get("min_seconds") or 0)
+        visit = PageVisit.objects.filter(participant=participant, page=Step.EXPLANATION).first()
+        if min_seconds and visit is not None:
+            left = visit.first_shown_at + timedelta(seconds=min_seconds) - timezone.now()
+            if left.total_seconds() > 0:
+                raise TooEarly(int(left.total_seconds()) + 1)
+        _visit_submit(participant, page=Step.EXPLANATION, client=client)
+        _advance(participant)
+        return participant
+
+
+def participant_complete(*, participant_id: int, client: str = "") -> tuple[Participant, bool]:
+    """Finish the study from the debrief; return (participant, completed_now). A second call completes nothing."""
+    with transaction.atomic():
+        participant = _lock(participant_id)
+        if participant.status == Participant.Status.COMPLETED:
+            return participant, False
+        _require_consent(participant)
+        if participant.step != Step.DEBRIEF:
+            raise StepError(participant.step)
+        _visit_submit(participant, page=Step.DEBRIEF, client=client)
+        participant.status = Participant.Status.COMPLETED
+        participant.step = Step.DONE
+        participant.completed_at = timezone.now()
+        participant.save(update_fields=["status", "step", "completed_at"])
+        return participant, True
+
+
+# --- internals -------------------------------------------------------------------------------
+
+
+def _lock(participant_id: int) -> Participant:
+    return Participant.objects.select_for_update().select_related("version").get(pk=participant_id)
+
+
+def _require_consent(participant: Participant) -> None:
+    if not participant.has_consented or participant.status != Participant.Status.ACTIVE:
+        raise ConsentRequired(f"participant {participant.pk} has no active consent")
+
+
+def _advance(participant: Participant) -> None:
+    """Move to the next step, skipping an empty questionnaire. Call with the participant's row locked."""
+    index = STEP_ORDER.index(participant.step) + 1
+    if STEP_ORDER[index] == Step.QUESTIONNAIRE and not participant.version.spec["instruments"].get("questionnaire"):
+        index += 1
+    participant.step = STEP_ORDER[index]
+    participant.save(update_fields=["step", "arm", "stratum", "allocation_index", "allocated_at"])
+
+
+def _visit_submit(participant: Participant, *, page: str, client: str) -> PageVisit:
+    now = timezone.now()
+    visit, _ = PageVisit.objects.get_or_create(
+        participant=participant, page=page,
+        defaults={"first_shown_at": now, "last_shown_at": now, "version_sha256": participant.version_sha256},
+    )
+    visit.submitted_at = now
+    visit.server_ms = int((now - visit.first_shown_at).total_seconds() * 1000)
+    visit.client = _client_events(client)
+    visit.save(update_fields=["submitted_at", "server_ms", "client"])
+    return visit
+
+
+def _client_events(raw: str) -> dict:
+    """Keep only the known, non-negative integer client counters; the browser is not trusted."""
+    if not raw or len(raw) > settings.CLIENT_EVENTS_MAX_BYTES:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        k: int(v) for k, v in data.items()
+        if k in CLIENT_EVENT_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 10**9
+    }
+
+
+def _pretest_stratum(participant: Participant, protocol: Protocol) -> str:
+    scores = [r.score for r in participant.responses.filter(phase=Step.PRE_TEST) if r.score is not None]
+    proportion = sum(scores) / len(scores) if scores else 0.0
+    cuts = protocol.spec["allocation"].get("strata") or [0.5]
+    band = sum(1 for cut in cuts if proportion >= cut)
+    return f"band{band}:{participant.form_order}"
+
+
+def _allocate(participant: Participant, *, stratum: str) -> None:
+    """Assign an arm from the stratum's permuted blocks (or weighted draw). Call with the row locked."""
+    spec = participant.version.spec
+    arms = [a for a in spec["arms"] if arm_available(a)]
+    if not arms:
+        raise AllocationError(f"no arm of {participant.version} can run on this platform yet")
+    allocation = spec["allocation"]
+    if allocation["method"] == "blocked":
+        per_block = max(1, int(allocation["block_size"]) // sum(int(a["weight"]) for a in spec["arms"]))
+        block = [a["id"] for a in arms for _ in range(int(a["weight"]) * per_block)]
+        arm_id, index = _draw(participant.version, stratum, block)
+    else:
+        choice = _rng.choices([a["id"] for a in arms], weights=[a["weight"] for a in arms])
+        arm_id, index = _draw(participant.version, stratum, choice)
+    participant.arm = arm_id
+    participant.stratum = stratum.split(":")[0] if stratum.startswith("band") else ""
+    participant.allocation_index = index
+    participant.allocated_at = timezone.now()
+
+
+def _draw(version: StudyVersion, stratum: str, block: list[str]) -> tuple[str, int]:
+    """Take the next entry of the stratum's current permuted block (a fresh shuffle of `block` when used up).
+
+    Returns (entry, running index in the stratum). Locks the stratum's row for the transaction.
+    """
+    sequence, _ = AllocationSequence.objects.get_or_create(version=version, stratum=stratum)
+    sequence = AllocationSequence.objects.select_for_update().get(pk=sequence.pk)
+    if sequence.position >= len(sequence.block):
+        sequence.block = _rng.sample(block, len(block))
+        sequence.block_number += 1
+        sequence.position = 0
+    entry = sequence.block[sequence.position]
+    sequence.position += 1
+    sequence.arm_counts[entry] = sequence.arm_counts.get(entry, 0) + 1
+    sequence.total += 1
+    sequence.save()
+    return entry, sequence.total

@@ -1,0 +1,320 @@
+"""The participant's pages. Each view resolves the participant through the gatekeeper, checks the step,
+calls one service and renders or redirects. The server owns the sequence of steps."""
+import mimetypes
+from datetime import timedelta
+from functools import wraps
+
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone, translation
+from django.utils.translation import get_language_from_request
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_http_methods
+
+from studies.protocol import Protocol
+from studies.scoring import AnswerInvalid
+from studies.selectors import entry_link_kind, study_asset_get
+
+from . import services
+from .markdown import reading_minutes, render_markdown
+from .models import Participant, Step
+from .selectors import completion_url, participant_current_item, participant_get_by_token
+
+PID_MAX_CHARS = 128
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/svg+xml"}
+RECENT_COMPLETION = timedelta(minutes=10)
+
+
+def _session_key(slug: str) -> str:
+    return f"teachback:participant:{slug}"
+
+
+def step_url(participant: Participant) -> str:
+    return reverse(f"participants:{participant.step}", kwargs={"slug": participant.study.slug})
+
+
+ANSWER_ERRORS = {
+    "required": lambda: _("Please answer this question."),
+    "choose": lambda: _("Please choose one of the options."),
+    "number": lambda: _("Please enter a number."),
+    "confidence": lambda: _("Please say how confident you are, from 0 to 100."),
+    "too_long": lambda: _("Your answer is too long."),
+}
+
+
+def _page(request: HttpRequest, template: str, context: dict, *, status: int = 200) -> HttpResponse:
+    return render(request, f"participants/{template}", context, status=status)
+
+
+def _notice(request: HttpRequest, title: str, message: str, *, status: int) -> HttpResponse:
+    return _page(request, "notice.html", {"title": title, "message": message}, status=status)
+
+
+@require_GET
+def entry(request: HttpRequest, slug: str) -> HttpResponse:
+    """The study link: create or resume the participant, then land on their current step."""
+    params = request.GET
+    pid = (params.get("PROLIFIC_PID") or params.get("pid") or "").strip()[:PID_MAX_CHARS]
+    link_kind = None
+    for name in ("pilot", "sim"):
+        if params.get(name):
+            link_kind = entry_link_kind(slug=slug, token=params[name])
+    if not pid and not link_kind:
+        resumed = participant_get_by_token(token=request.session.get(_session_key(slug), ""))
+        if resumed is not None:
+            return redirect(step_url(resumed))
+    language = params.get("lang") or get_language_from_request(request)
+    try:
+        participant = services.participant_enter(
+            slug=slug, pid=pid, recruiter_study_id=params.get("STUDY_ID", ""),
+            session_id=params.get("SESSION_ID", ""), language=language, link_kind=link_kind,
+        )
+    except services.EntryRefused as refused:
+        messages = {
+            "not_open": (_("This study is not open"), _("There is no study at this address, or it has not started yet.")),
+            "paused": (_("This study is closed for now"), _("Thank you for your interest. The study is not taking new participants at the moment. Please return it on Prolific.")),
+            "pid_required": (_("Please use your study link"), _("This address needs your Prolific ID. Please open the study from the link on Prolific.")),
+        }
+        title, message = messages[refused.reason]
+        return _notice(request, title, message, status=404 if refused.reason == "not_open" else 403)
+    request.session[_session_key(slug)] = participant.token
+    return redirect(step_url(participant))
+
+
+def participant_page(step: str):
+    """Resolve the participant from the session and keep them on their current step."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(request: HttpRequest, slug: str, *args, **kwargs) -> HttpResponse:
+            participant = participant_get_by_token(token=request.session.get(_session_key(slug), ""))
+            if participant is None or participant.study.slug != slug:
+                return _notice(
+                    request, _("Please use your study link"),
+                    _("We could not find your place in this study. Please open the study again from your Prolific link; you will continue where you left off."),
+                    status=403,
+                )
+            if request.GET.get("lang"):
+                services.participant_language_set(participant=participant, language=request.GET["lang"])
+            translation.activate(participant.language)
+            request.LANGUAGE_CODE = participant.language
+            if participant.step != step:
+                return HttpResponseRedirect(step_url(participant), status=303 if request.method == "POST" else 302)
+            return view(request, participant, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def _context(participant: Participant, **extra) -> dict:
+    protocol = Protocol(participant.version.spec)
+    return {
+        "participant": participant,
+        "protocol": protocol,
+        "lang": participant.language,
+        "study_title": protocol.text(protocol.spec["title"], participant.language),
+        "languages": [(code, name) for code, name in _language_names() if code in protocol.languages],
+        "progress": _progress(participant),
+        **extra,
+    }
+
+
+def _language_names():
+    from django.conf import settings
+
+    return settings.LANGUAGES
+
+
+def _progress(participant: Participant) -> int:
+    order = [Step.CONSENT, Step.PRE_TEST, Step.EXPLANATION, Step.POST_TEST, Step.QUESTIONNAIRE, Step.DEBRIEF, Step.DONE]
+    return round(100 * order.index(participant.step) / (len(order) - 1))
+
+
+def _md(participant: Participant, text: str) -> str:
+    slug = participant.study.slug
+    return render_markdown(text, asset_url=lambda path: reverse("participants:asset", kwargs={"slug": slug, "path": path}))
+
+
+@require_http_methods(["GET", "POST"])
+@participant_page(Step.CONSENT)
+def consent(request: HttpRequest, participant: Participant) -> HttpResponse:
+    if request.method == "POST":
+        choice = request.POST.get("choice")
+        if choice not in ("accept", "decline"):
+            return redirect(step_url(participant))
+        try:
+            participant = services.participant_consent(participant_id=participant.pk, accept=choice == "accept")
+        except services.StepError:
+            return HttpResponseRedirect(step_url(participant), status=303)
+        if choice == "accept":
+            request.session.cycle_key()
+            return HttpResponseRedirect(step_url(participant), status=303)
+        return HttpResponseRedirect(_finish_url(participant), status=303)
+    consent_spec = participant.version.spec["consent"]
+    protocol = Protocol(participant.version.spec)
+    return _page(request, "consent.html", _context(
+        participant,
+        consent_html=_md(participant, protocol.text(consent_spec["text"], participant.language)),
+        consent_version=consent_spec["version"],
+    ))
+
+
+def _instrument(request: HttpRequest, participant: Participant) -> HttpResponse:
+    current = participant_current_item(participant=participant)
+    if current is None:  # an instrument with nothing left: the service has moved on already
+        return redirect(step_url(participant))
+    error = None
+    if request.method == "POST":
+        try:
+            participant, _stored = services.response_submit(
+                participant_id=participant.pk, phase=participant.step, item_id=request.POST.get("item", ""),
+                values=request.POST.getlist("answer"), confidence=request.POST.get("confidence"),
+                client=request.POST.get("client_events", ""),
+            )
+        except AnswerInvalid as invalid:
+            error = ANSWER_ERRORS.get(str(invalid), ANSWER_ERRORS["required"])()
+        except services.StepError:
+            pass
+        if error is None:
+            return HttpResponseRedirect(step_url(participant), status=303)
+    services.page_visit_shown(participant=participant, page=f"{participant.step}:{current.item['id']}")
+    return _page(request, "item.html", _context(
+        participant, current=current, item=_item_view(participant, current.item), error=error,
+        submitted=request.POST if error else {},
+    ), status=400 if error else 200)
+
+
+def _item_view(participant: Participant, item: dict) -> dict:
+    """Return what the item template needs, localised."""
+    protocol = Protocol(participant.version.spec)
+    lang = participant.language
+    view = {
+        "id": item["id"],
+        "kind": item["kind"],
+        "prompt_html": _md(participant, protocol.text(item["prompt"], lang)),
+        "options": [{"id": o["id"], "text": protocol.text(o["text"], lang)} for o in item.get("options") or []],
+        "unit": protocol.text(item.get("unit"), lang),
+        "confidence": bool(item.get("confidence")),
+        "max_length": item.get("max_length", 2000),
+    }
+    if item["kind"] == "likert":
+        scale = item["scale"]
+        view["scale"] = list(range(scale["min"], scale["max"] + 1))
+        view["min_label"] = protocol.text(scale.get("min_label"), lang)
+        view["max_label"] = protocol.text(scale.get("max_label"), lang)
+    if item["kind"] == "predict":
+        labels = (participant.version.spec.get("target") or {}).get("feature_labels") or {}
+        view["input"] = [
+            {"label": protocol.text(labels.get(name), lang) or name, "value": value}
+            for name, value in item["input"].items()
+        ]
+    return view
+
+
+@require_http_methods(["GET", "POST"])
+@participant_page(Step.PRE_TEST)
+def pre_test(request: HttpRequest, participant: Participant) -> HttpResponse:
+    return _instrument(request, participant)
+
+
+@require_http_methods(["GET", "POST"])
+@participant_page(Step.POST_TEST)
+def post_test(request: HttpRequest, participant: Participant) -> HttpResponse:
+    return _instrument(request, participant)
+
+
+@require_http_methods(["GET", "POST"])
+@participant_page(Step.QUESTIONNAIRE)
+def questionnaire(request: HttpRequest, participant: Participant) -> HttpResponse:
+    return _instrument(request, participant)
+
+
+@require_http_methods(["GET", "POST"])
+@participant_page(Step.EXPLANATION)
+def explanation(request: HttpRequest, participant: Participant) -> HttpResponse:
+    error = None
+    if request.method == "POST":
+        try:
+            participant = services.explanation_finish(
+                participant_id=participant.pk, client=request.POST.get("client_events", "")
+            )
+            return HttpResponseRedirect(step_url(participant), status=303)
+        except services.TooEarly as early:
+            error = _("Please take a little more time with the explanation (%(seconds)s more seconds).") % {
+                "seconds": early.remaining_s
+            }
+    visit = services.page_visit_shown(participant=participant, page=Step.EXPLANATION)
+    protocol = Protocol(participant.version.spec)
+    arm = protocol.arms[participant.arm]
+    material = ""
+    if arm["kind"] == "static" and arm.get("material"):
+        path = protocol.text(arm["material"], participant.language)
+        asset = study_asset_get(version_id=participant.version_id, path=path)
+        material = bytes(asset.content).decode("utf-8") if asset else ""
+    min_seconds = int(arm.get("limits", {}).get("min_seconds") or 0)
+    waited = (timezone.now() - visit.first_shown_at).total_seconds()
+    return _page(request, "explanation.html", _context(
+        participant, arm_kind=arm["kind"], material_html=_md(participant, material),
+        minutes=reading_minutes(material), error=error,
+        wait_seconds=max(0, int(min_seconds - waited + 0.999)),
+    ), status=400 if error else 200)
+
+
+@require_http_methods(["GET", "POST"])
+@participant_page(Step.DEBRIEF)
+def debrief(request: HttpRequest, participant: Participant) -> HttpResponse:
+    if request.method == "POST":
+        participant, _now = services.participant_complete(
+            participant_id=participant.pk, client=request.POST.get("client_events", "")
+        )
+        request.session[f"teachback:completed:{participant.token}"] = True
+        return HttpResponseRedirect(_finish_url(participant), status=303)
+    services.page_visit_shown(participant=participant, page=Step.DEBRIEF)
+    protocol = Protocol(participant.version.spec)
+    return _page(request, "debrief.html", _context(
+        participant, debrief_html=_md(participant, protocol.text(protocol.spec["debrief"], participant.language)),
+    ))
+
+
+@require_http_methods(["GET", "POST"])
+@participant_page(Step.DONE)
+def done(request: HttpRequest, participant: Participant) -> HttpResponse:
+    """The end. A second Finish from the same browser soon after completing goes to the recruiter again
+    (the browser may have dropped the first redirect); anyone else sees 'already completed' and no code."""
+    just_finished = (
+        request.session.get(f"teachback:completed:{participant.token}")
+        and participant.completed_at
+        and timezone.now() - participant.completed_at < RECENT_COMPLETION
+    )
+    if request.method == "POST" and just_finished:
+        return HttpResponseRedirect(_finish_url(participant), status=303)
+    if participant.status == Participant.Status.DECLINED:
+        return _page(request, "done.html", _context(participant, declined=True, finish_url=_finish_url(participant)))
+    code = participant.version.spec["recruitment"]["completion_code"] if just_finished and not _has_url(participant) else None
+    return _page(request, "done.html", _context(participant, declined=False, code=code))
+
+
+def _has_url(participant: Participant) -> bool:
+    return bool(participant.version.spec["recruitment"].get("completion_url"))
+
+
+def _finish_url(participant: Participant) -> str:
+    if _has_url(participant):
+        return completion_url(participant=participant)
+    return reverse("participants:done", kwargs={"slug": participant.study.slug})
+
+
+@require_GET
+def asset(request: HttpRequest, slug: str, path: str) -> HttpResponse:
+    """Serve an image from the participant's study version."""
+    participant = participant_get_by_token(token=request.session.get(_session_key(slug), ""))
+    content_type = mimetypes.guess_type(path)[0]
+    found = participant and content_type in IMAGE_TYPES and study_asset_get(version_id=participant.version_id, path=path)
+    if not found:
+        return HttpResponse(status=404)
+    response = HttpResponse(bytes(found.content), content_type=content_type)
+    response["Cache-Control"] = "private, max-age=3600"
+    response["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    return response

@@ -3,14 +3,17 @@ import logging
 import re
 
 _QUERY = re.compile(r"\?[^\s\"']*")
+_CLIENT_ADDRESS = re.compile(r"^\S+ - ")
 
 
 class RedactQueryString(logging.Filter):
-    """Drop query strings (where PROLIFIC_PID and SESSION_ID arrive) from log records."""
+    """Drop query strings (where PROLIFIC_PID and SESSION_ID arrive) and client addresses from log messages."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_QUERY.sub("?[redacted]", a) if isinstance(a, str) else a for a in record.args)
-        elif isinstance(record.msg, str) and not record.args:
-            record.msg = _QUERY.sub("?[redacted]", record.msg)
+        message = record.getMessage()
+        redacted = _QUERY.sub("?[redacted]", message)
+        if record.name == "uvicorn.access":
+            redacted = _CLIENT_ADDRESS.sub("", redacted)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
         return True

@@ -163,5 +163,8 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact_query"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # Access logs carry the query string, where PROLIFIC_PID arrives: strip it before anything prints.
-    "loggers": {"uvicorn.access": {"filters": ["redact_query"]}},
+    "loggers": {
+        "uvicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "httpx": {"level": "WARNING"},
+    },
 }

@@ -43,7 +43,7 @@ class _Page(HTMLParser):
             self.wait = int(a["data-wait"] or 0)
 
 
-def _parse(html: str) -> _Page:
+def page_parse(html: str) -> _Page:
     page = _Page()
     page.feed(html)
     return page
@@ -106,7 +106,7 @@ def bot_run(*, base_url: str, slug: str, policy: AnswerPolicy, link_token: str,
             if response.status_code not in (200, 400):
                 result.error = f"HTTP {response.status_code} at {response.url.path}"
                 return result
-            page = _parse(response.text)
+            page = page_parse(response.text)
             result.visited.append(page.kind)
             data = {"csrfmiddlewaretoken": page.hidden.get("csrfmiddlewaretoken", "")}
             if page.kind == "consent":

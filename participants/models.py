@@ -97,7 +97,7 @@ class Response(models.Model):
     score = models.FloatField(null=True, blank=True)
     correct = models.BooleanField(null=True, blank=True)
     confidence = models.PositiveSmallIntegerField(null=True, blank=True)
-    time_ms = models.PositiveIntegerField(null=True, blank=True)
+    time_ms = models.PositiveBigIntegerField(null=True, blank=True)
     version_sha256 = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -119,7 +119,7 @@ class PageVisit(models.Model):
     last_shown_at = models.DateTimeField()
     shown_count = models.PositiveIntegerField(default=1)
     submitted_at = models.DateTimeField(null=True, blank=True)
-    server_ms = models.PositiveIntegerField(null=True, blank=True)
+    server_ms = models.PositiveBigIntegerField(null=True, blank=True)
     client = models.JSONField(default=dict, blank=True)
     version_sha256 = models.CharField(max_length=64)
 

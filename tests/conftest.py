@@ -66,3 +66,30 @@ def enter():
         return client, response
 
     return make
+
+
+@pytest.fixture
+def step_through():
+    """Return a function that submits the participant's current page `times` times (answers from the key)."""
+    import random
+
+    from participants.bots import AnswerPolicy, page_parse
+    from studies.protocol import Protocol
+
+    def submit(client, version, times=1, policy="key"):
+        answers = AnswerPolicy(policy, Protocol(version.spec), version.target_keys, random.Random(0))
+        response = None
+        for _ in range(times):
+            page_response = client.get(f"/s/{version.study.slug}/", follow=True)
+            page = page_parse(page_response.content.decode())
+            data = {}
+            if page.kind == "consent":
+                data["choice"] = "accept"
+            elif page.kind == "item":
+                data = {"item": page.hidden["item"], **answers.answer(page.hidden["item"])}
+            elif page.kind not in ("explanation", "debrief"):
+                raise AssertionError(f"nothing to submit on a {page.kind!r} page")
+            response = client.post(page_response.redirect_chain[-1][0], data)
+        return response
+
+    return submit

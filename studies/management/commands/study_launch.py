@@ -10,12 +10,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("slug")
-        parser.add_argument("--version", type=int, default=None, help="version number (default: the latest)")
+        parser.add_argument("--number", type=int, default=None, help="version number (default: the latest)")
         parser.add_argument("--base-url", default="http://127.0.0.1:8000")
 
-    def handle(self, *args, slug, version, base_url, **options):
+    def handle(self, *args, slug, number, base_url, **options):
         try:
-            launched = study_launch(slug=slug, number=version)
+            launched = study_launch(slug=slug, number=number)
         except (StudyStateError, StudyFileInvalid) as error:
             raise CommandError(str(error)) from None
         link = f"{base_url.rstrip('/')}/s/{slug}/"

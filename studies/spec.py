@@ -1,0 +1,1078 @@
+"""Read, validate and normalise a study folder (`study.yaml` plus its assets).
+
+Pure Python: no Django models, no scikit-learn. `study_file_read` collects every mistake it can
+find (YAML, schema, cross-references, files, translations) and raises them together, each with
+the path in the file and its line, so a researcher fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import difflib
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from jsonschema import Draft202012Validator
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+LANGUAGES = ("en", "zh-hans")
+ITEM_KINDS = ("single_choice", "multi_choice", "likert", "numeric", "text", "predict")
+ARM_KINDS = ("static", "chat", "agentic", "tutor")
+
+# Which task each allowed estimator solves. `studies.targets.ESTIMATORS` maps the same names
+# to classes; the names live here so that validating a file needs no scikit-learn import.
+ESTIMATOR_TASKS = {
+    "LogisticRegression": "classification",
+    "DecisionTreeClassifier": "classification",
+    "RandomForestClassifier": "classification",
+    "GradientBoostingClassifier": "classification",
+    "LinearRegression": "regression",
+    "Ridge": "regression",
+    "DecisionTreeRegressor": "regression",
+}
+
+STUDY_FILE = "study.yaml"
+SCHEMA_VERSION = 1
+FROM_TARGET = "from_target"
+DEFAULT_COMPLETION_URL = "https://app.prolific.com/submissions/complete?cc={code}"
+DEFAULT_MAX_LENGTH = 2000
+DEFAULT_STRATA = (0.5,)
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+OPTION_ID_PATTERN = r"^\S{1,64}$"
+CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+_PATTERN_MESSAGES = {
+    SLUG_PATTERN: "must be 2-63 lowercase letters, digits or hyphens, starting with a letter or digit",
+    ID_PATTERN: "must be 1-64 letters, digits, '_' or '-', starting with a letter or digit",
+    OPTION_ID_PATTERN: "must be 1-64 characters without spaces",
+    CODE_PATTERN: "must be 1-64 letters, digits, '_' or '-'",
+    r"\{code\}": "must contain {code}",
+}
+
+# Fields an item may have, by kind (besides id, kind, concept and prompt).
+ITEM_FIELDS = {
+    "single_choice": ("options", "key"),
+    "multi_choice": ("options", "key"),
+    "likert": ("scale",),
+    "numeric": ("key", "tolerance", "unit"),
+    "text": ("max_length",),
+    "predict": ("input", "options", "key", "tolerance", "confidence"),
+}
+_ITEM_REQUIRED = {
+    "single_choice": ["options"],
+    "multi_choice": ["options"],
+    "likert": ["scale"],
+    "numeric": ["key", "tolerance"],
+    "text": [],
+    "predict": ["input"],
+}
+_COMMON_ITEM_FIELDS = ("id", "kind", "concept", "prompt")
+
+
+@dataclass(frozen=True)
+class SpecError:
+    path: str
+    message: str
+    file: str = STUDY_FILE
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}, line {self.line}"
+        head = f"{self.path}: " if self.path else ""
+        return f"{head}{self.message} ({where})"
+
+
+class StudyFileInvalid(Exception):
+    """The study folder has mistakes; `errors` lists all of them."""
+
+    def __init__(self, errors: list[SpecError]):
+        self.errors = list(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+@dataclass(frozen=True)
+class StudyFile:
+    spec: dict
+    assets: dict[str, bytes]
+    sha256: str
+    source: str
+
+
+# --------------------------------------------------------------------------- public functions
+
+
+def study_file_read(path) -> StudyFile:
+    """Read the study folder (or its study.yaml); raise StudyFileInvalid with every error found."""
+    path = Path(path)
+    folder = path.parent if path.is_file() else path
+    yaml_path = folder / STUDY_FILE
+    if not yaml_path.is_file():
+        raise StudyFileInvalid([SpecError("", f"file not found: {yaml_path}", STUDY_FILE, None)])
+    try:
+        text = yaml_path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise StudyFileInvalid([SpecError("", f"is not utf-8 text ({exc.reason})")]) from None
+    assets = _assets_read(folder)
+    spec = study_text_parse(text, assets)
+    return StudyFile(spec=spec, assets=assets, sha256=canonical_hash(spec, assets), source=str(folder))
+
+
+def study_text_parse(text: str, assets: dict[str, bytes]) -> dict:
+    """Validate the text of a study.yaml against its assets; return the normalised spec."""
+    doc, errors = _yaml_load(text)
+    if doc is None:
+        raise StudyFileInvalid(errors)
+    if not isinstance(doc, dict):
+        raise StudyFileInvalid(errors + [SpecError("", "must be a mapping of keys to values", line=1)])
+    data = _plain(doc)
+    errors += _schema_errors(data, doc)
+    checker = _Checker(data, doc, assets)
+    try:
+        checker.run()
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+        # The semantic checks read defensively; if a malformed part still trips them, the
+        # schema has already reported it, so keep what was found.
+        if not errors:
+            raise
+    errors += checker.errors
+    if errors:
+        raise StudyFileInvalid(_sorted_unique(errors))
+    return _normalise(data)
+
+
+def study_json_schema() -> dict:
+    """Return the JSON Schema (draft 2020-12) of study.yaml as written, before normalisation."""
+    return json.loads(json.dumps(_SCHEMA))
+
+
+def canonical_hash(spec: dict, assets: dict[str, bytes]) -> str:
+    """Return the sha256 hex of the canonical JSON of the spec and the hashes of its assets."""
+    payload = {"spec": spec, "assets": {p: hashlib.sha256(b).hexdigest() for p, b in assets.items()}}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def localize(value: dict, lang: str) -> str:
+    """Return the text of a normalised localised value in `lang`, else English, else the first."""
+    if not value:
+        return ""
+    if isinstance(value, str):
+        return value
+    if lang in value:
+        return value[lang]
+    if "en" in value:
+        return value["en"]
+    return next(iter(value.values()))
+
+
+# --------------------------------------------------------------------------- the JSON Schema
+
+
+def _text(description: str) -> dict:
+    return {
+        "description": description + " A string (the same in every language) or a mapping "
+        "from language code to string that covers every declared language.",
+        "type": ["string", "object"],
+        "minLength": 1,
+        "minProperties": 1,
+        "propertyNames": {"enum": list(LANGUAGES)},
+        "additionalProperties": {"type": "string", "minLength": 1},
+    }
+
+
+def _obj(properties: dict, required=(), description: str = "", **extra) -> dict:
+    schema = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    if description:
+        schema["description"] = description
+    schema.update(extra)
+    return schema
+
+
+def _id(description: str) -> dict:
+    return {"type": "string", "pattern": ID_PATTERN, "description": description}
+
+
+def _item_id_list(description: str) -> dict:
+    return {"type": "array", "items": _id("an item id"), "description": description}
+
+
+def _forms(description: str) -> dict:
+    forms = _obj(
+        {"A": _item_id_list("items of form A, in order"), "B": _item_id_list("items of form B, in order")},
+        required=("A", "B"),
+    )
+    return _obj({"forms": forms}, required=("forms",), description=description)
+
+
+def _item_schema() -> dict:
+    option = _obj(
+        {
+            "id": {"type": ["string", "integer"], "pattern": OPTION_ID_PATTERN,
+                   "description": "the option's id, used by `key`"},
+            "text": _text("What the participant reads."),
+        },
+        required=("id", "text"),
+    )
+    properties = {
+        "id": _id("unique item id"),
+        "kind": {"enum": list(ITEM_KINDS)},
+        "concept": _id("the concept this item measures"),
+        "prompt": _text("The question, in markdown."),
+        "options": {"type": "array", "items": option, "minItems": 2},
+        "key": {
+            "type": ["string", "integer", "number", "array"],
+            "items": {"type": ["string", "integer"]},
+            "description": "the correct answer: an option id (single_choice, predict on a "
+            "classifier), a list of option ids (multi_choice), a number (numeric, predict on a "
+            "regressor) or `from_target` (predict)",
+        },
+        "tolerance": {"type": "number", "minimum": 0},
+        "unit": _text("The unit shown after the numeric input."),
+        "scale": _obj(
+            {
+                "min": {"type": "integer"},
+                "max": {"type": "integer"},
+                "min_label": _text("Label of the lowest point."),
+                "max_label": _text("Label of the highest point."),
+            },
+            required=("min", "max"),
+        ),
+        "max_length": {"type": "integer", "minimum": 1, "maximum": 100000},
+        "input": {
+            "type": "object",
+            "additionalProperties": {"type": ["number", "string", "boolean"]},
+            "description": "the case shown to the participant: feature -> value",
+        },
+        "confidence": {"type": "boolean"},
+    }
+    kinds = []
+    for kind in ITEM_KINDS:
+        then = {"propertyNames": {"enum": list(_COMMON_ITEM_FIELDS + ITEM_FIELDS[kind])}}
+        if _ITEM_REQUIRED[kind]:
+            then["required"] = _ITEM_REQUIRED[kind]
+        if kind == "single_choice":
+            then["properties"] = {"key": {"type": ["string", "integer"]}}
+        elif kind == "multi_choice":
+            then["properties"] = {"key": {"type": "array", "minItems": 1, "uniqueItems": True}}
+        elif kind == "numeric":
+            then["properties"] = {"key": {"type": "number"}}
+        elif kind == "predict":
+            then["properties"] = {"key": {"type": ["string", "integer", "number"]}}
+        kinds.append({"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": then})
+    return _obj(properties, required=("id", "kind", "prompt"), allOf=kinds)
+
+
+def _build_schema() -> dict:
+    scalar = {"type": ["string", "number", "boolean", "null"]}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://teachback.invalid/schema/study-1.json",
+        "title": "Teachback study file (study.yaml)",
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "schema_version", "slug", "title", "languages", "consent", "recruitment",
+            "items", "instruments", "arms", "debrief",
+        ],
+        "properties": {
+            "schema_version": {"const": SCHEMA_VERSION},
+            "slug": {"type": "string", "pattern": SLUG_PATTERN},
+            "title": _text("The study's title."),
+            "languages": {
+                "type": "array", "items": {"enum": list(LANGUAGES)}, "minItems": 1, "uniqueItems": True,
+                "description": "languages offered; the first is the default",
+            },
+            "consent": _obj(
+                {"version": {"type": "string", "minLength": 1}, "text": _text("Consent text, markdown.")},
+                required=("version", "text"),
+            ),
+            "recruitment": _obj(
+                {
+                    "platform": {"enum": ["prolific", "none"]},
+                    "completion_code": {"type": "string", "pattern": CODE_PATTERN},
+                    "no_consent_code": {"type": "string", "pattern": CODE_PATTERN},
+                    "completion_url": {"type": "string", "pattern": r"\{code\}"},
+                    "allow_without_pid": {"type": "boolean"},
+                },
+                required=("completion_code", "no_consent_code"),
+            ),
+            "withdrawal": _obj({"data": {"enum": ["keep", "delete"]}}),
+            "concepts": {
+                "type": "array",
+                "items": _obj(
+                    {"id": _id("unique concept id"), "label": _text("Short name."),
+                     "description": _text("What the concept says about the target.")},
+                    required=("id", "label"),
+                ),
+            },
+            "target": {
+                "type": ["object", "null"],
+                "additionalProperties": False,
+                "required": ["kind", "estimator", "data", "features", "label"],
+                "properties": {
+                    "kind": {"const": "sklearn"},
+                    "estimator": {"enum": list(ESTIMATOR_TASKS)},
+                    "params": {"type": "object", "additionalProperties": scalar},
+                    "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+                    "data": {"type": "string", "minLength": 1},
+                    "features": {"type": "array", "items": {"type": "string", "minLength": 1},
+                                 "minItems": 1, "uniqueItems": True},
+                    "label": {"type": "string", "minLength": 1},
+                    "feature_labels": {"type": "object", "additionalProperties": _text("Feature name.")},
+                },
+            },
+            "items": {"type": "array", "items": _item_schema(), "minItems": 1},
+            "instruments": _obj(
+                {
+                    "pre_test": _forms("the test before the explanation"),
+                    "post_test": _forms("the test after the explanation"),
+                    "questionnaire": _item_id_list("items asked after the post-test"),
+                },
+                required=("pre_test", "post_test"),
+            ),
+            "arms": {
+                "type": "array",
+                "minItems": 1,
+                "items": _obj(
+                    {
+                        "id": _id("unique arm id"),
+                        "kind": {"enum": list(ARM_KINDS)},
+                        "weight": {"type": "integer", "exclusiveMinimum": 0},
+                        "label": _text("Shown to researchers only."),
+                        "material": {
+                            "type": ["string", "object"],
+                            "minLength": 1,
+                            "minProperties": 1,
+                            "propertyNames": {"enum": list(LANGUAGES)},
+                            "additionalProperties": {"type": "string", "minLength": 1},
+                            "description": "markdown file: one path, or language -> path",
+                        },
+                        "limits": _obj(
+                            {
+                                "minutes": {"type": "number", "exclusiveMinimum": 0},
+                                "turns": {"type": "integer", "exclusiveMinimum": 0},
+                                "tokens": {"type": "integer", "exclusiveMinimum": 0},
+                                "min_seconds": {"type": "integer", "minimum": 0},
+                            }
+                        ),
+                        "options": {"type": "object"},
+                    },
+                    required=("id", "kind"),
+                    allOf=[{
+                        "if": {"properties": {"kind": {"const": "static"}}, "required": ["kind"]},
+                        "then": {"required": ["material"]},
+                    }],
+                ),
+            },
+            "allocation": _obj(
+                {
+                    "method": {"enum": ["blocked", "simple"]},
+                    "block_size": {"type": "integer", "exclusiveMinimum": 0},
+                    "when": {"enum": ["consent", "after_pretest"]},
+                    "strata": {
+                        "type": "array", "minItems": 1,
+                        "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+                    },
+                }
+            ),
+            "debrief": _text("Shown at the end, markdown."),
+        },
+    }
+
+
+_SCHEMA = _build_schema()
+_VALIDATOR = Draft202012Validator(_SCHEMA)
+
+
+# --------------------------------------------------------------------------- YAML and lines
+
+
+def _yaml_load(text: str) -> tuple[object, list[SpecError]]:
+    """Parse YAML; report every duplicate key (not just the first) and syntax errors."""
+    errors: list[SpecError] = []
+    yaml = YAML(typ="rt")
+    try:
+        root = yaml.compose(io.StringIO(text))
+    except MarkedYAMLError as exc:
+        return None, [_yaml_syntax_error(exc)]
+    if root is None:
+        return None, [SpecError("", "is empty")]
+    _duplicate_keys(root, (), errors)
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = True
+    try:
+        doc = yaml.load(io.StringIO(text))
+    except MarkedYAMLError as exc:
+        return None, errors + [_yaml_syntax_error(exc)]
+    return doc, errors
+
+
+def _yaml_syntax_error(exc: MarkedYAMLError) -> SpecError:
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "invalid yaml"
+    return SpecError("", f"invalid yaml: {problem}", line=mark.line + 1 if mark else None)
+
+
+def _duplicate_keys(node, path: tuple, errors: list[SpecError]) -> None:
+    if isinstance(node, MappingNode):
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            key = getattr(key_node, "value", None)
+            if isinstance(key, str):
+                if key in seen:
+                    errors.append(SpecError(
+                        _path_str(path + (key,)),
+                        f"duplicate key (first on line {seen[key] + 1})",
+                        line=key_node.start_mark.line + 1,
+                    ))
+                else:
+                    seen[key] = key_node.start_mark.line
+            _duplicate_keys(value_node, path + (key,), errors)
+    elif isinstance(node, SequenceNode):
+        for i, child in enumerate(node.value):
+            _duplicate_keys(child, path + (i,), errors)
+
+
+def _plain(value):
+    """Turn ruamel's round-trip types into plain JSON-like Python values."""
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, (int, float)) else k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _path_str(path) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _line(doc, path) -> int | None:
+    """Return the 1-based line of the deepest node of `path` that exists in the YAML."""
+    line = None
+    node = doc
+    for part in path:
+        if isinstance(node, CommentedMap) and part in node:
+            line = node.lc.key(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            line = node.lc.item(part)[0] + 1
+            node = node[part]
+        else:
+            break
+    if line is None and isinstance(doc, (CommentedMap, CommentedSeq)) and path:
+        line = doc.lc.line + 1
+    return line
+
+
+# --------------------------------------------------------------------------- schema errors
+
+
+_TYPE_WORDS = {
+    "string": "a string", "integer": "a whole number", "number": "a number",
+    "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "empty",
+}
+
+
+def _schema_errors(data, doc) -> list[SpecError]:
+    errors = []
+    for error in _VALIDATOR.iter_errors(data):
+        errors += _schema_error(error, doc)
+    return errors
+
+
+def _schema_error(error, doc) -> list[SpecError]:
+    path = tuple(error.absolute_path)
+    validator, value, instance = error.validator, error.validator_value, error.instance
+
+    def at(p, message):
+        return SpecError(_path_str(p), message, line=_line(doc, p))
+
+    if "propertyNames" in error.schema_path:
+        return _property_name_error(path, error, doc)
+    if validator == "required":
+        return [at(path + (name,), "is required") for name in value if isinstance(instance, dict) and name not in instance]
+    if validator == "additionalProperties":
+        known = list(error.schema.get("properties", {}))
+        out = []
+        for key in instance:
+            if key not in known:
+                hint = difflib.get_close_matches(str(key), known, n=1)
+                out.append(at(path + (key,), f"unknown key; did you mean '{hint[0]}'?" if hint else "unknown key"))
+        return out
+    if validator == "type":
+        types = [value] if isinstance(value, str) else value
+        message = "must be " + " or ".join(_TYPE_WORDS[t] for t in types)
+        if isinstance(instance, (datetime.date, datetime.datetime)):
+            message += " (put dates in quotes)"
+        return [at(path, message)]
+    if validator == "enum":
+        return [at(path, "must be one of: " + ", ".join(str(v) for v in value))]
+    if validator == "const":
+        return [at(path, f"must be {value}")]
+    messages = {
+        "minimum": f"must be at least {value}",
+        "exclusiveMinimum": f"must be greater than {value}",
+        "maximum": f"must be at most {value}",
+        "exclusiveMaximum": f"must be less than {value}",
+        "maxLength": f"must be at most {value} characters",
+        "uniqueItems": "must not repeat an entry",
+        "pattern": _PATTERN_MESSAGES.get(value, "has an invalid format"),
+    }
+    if validator in messages:
+        return [at(path, messages[validator])]
+    if validator in ("minLength", "minItems", "minProperties"):
+        return [at(path, "must not be empty" if value == 1 else f"must have at least {value} entries")]
+    return [at(path, error.message)]
+
+
+def _property_name_error(path, error, doc) -> list[SpecError]:
+    key = error.instance
+    allowed = error.validator_value if error.validator == "enum" else []
+    key_path = path + (key,)
+    if set(allowed) <= set(LANGUAGES):
+        return [SpecError(_path_str(key_path), f"unknown language '{key}'; use one of: {', '.join(LANGUAGES)}",
+                          line=_line(doc, key_path))]
+    item = _get(doc, path)
+    if key not in _item_schema()["properties"]:
+        return []  # reported as an unknown key by additionalProperties
+    kind = item.get("kind") if isinstance(item, dict) else None
+    return [SpecError(_path_str(key_path), f"is not used by {kind} items", line=_line(doc, key_path))]
+
+
+def _get(doc, path):
+    node = doc
+    for part in path:
+        node = node[part]
+    return node
+
+
+# --------------------------------------------------------------------------- semantic checks
+
+
+def _dicts(value):
+    """Yield (index, mapping) for the mappings of a list; skip anything malformed."""
+    if isinstance(value, list):
+        for i, entry in enumerate(value):
+            if isinstance(entry, dict):
+                yield i, entry
+
+
+def _mapping(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _Checker:
+    """The checks a JSON Schema cannot express; every problem is appended to `errors`."""
+
+    def __init__(self, data: dict, doc, assets: dict[str, bytes]):
+        self.data = data
+        self.doc = doc
+        self.assets = assets
+        self.errors: list[SpecError] = []
+        languages = data.get("languages")
+        self.languages = [l for l in languages if l in LANGUAGES] if isinstance(languages, list) else []
+        self.languages = self.languages or ["en"]
+        self.csv_header: list[str] | None = None
+        self.csv_rows: list[list[str]] = []
+
+    def error(self, path, message, *, file=STUDY_FILE, line=None):
+        if file == STUDY_FILE and line is None:
+            line = _line(self.doc, path)
+        self.errors.append(SpecError(_path_str(path), message, file, line))
+
+    def run(self) -> None:
+        self.check_texts()
+        self.check_ids()
+        self.check_target()
+        self.check_items()
+        self.check_instruments()
+        self.check_arms()
+        self.check_allocation()
+
+    # -- localised text
+
+    def check_texts(self) -> None:
+        for path, value in _localised_fields(self.data):
+            self.check_text(path, value)
+
+    def check_text(self, path, value) -> None:
+        if not isinstance(value, dict):
+            return
+        for lang in self.languages:
+            if lang not in value:
+                self.error(path, f"missing translation: {lang}")
+        for lang in value:
+            if lang in LANGUAGES and lang not in self.languages:
+                self.error(path + (lang,), f"language '{lang}' is not declared in languages")
+
+    # -- ids
+
+    def check_ids(self) -> None:
+        for name in ("concepts", "items", "arms"):
+            seen: dict = {}
+            for i, entry in _dicts(self.data.get(name)):
+                ident = entry.get("id")
+                if not isinstance(ident, str):
+                    continue
+                if ident in seen:
+                    self.error((name, i, "id"), f"duplicate id '{ident}' (also {name}[{seen[ident]}])")
+                else:
+                    seen[ident] = i
+
+    # -- target
+
+    @property
+    def target(self) -> dict | None:
+        target = self.data.get("target")
+        return target if isinstance(target, dict) else None
+
+    @property
+    def task(self) -> str | None:
+        return ESTIMATOR_TASKS.get(self.target.get("estimator")) if self.target else None
+
+    def check_target(self) -> None:
+        target = self.target
+        if target is None:
+            return
+        params = _mapping(target.get("params"))
+        if "random_state" in params:
+            self.error(("target", "params", "random_state"), "is set by seed; remove it")
+        data = target.get("data")
+        if not isinstance(data, str) or not self.check_file(("target", "data"), data):
+            return
+        try:
+            text = self.assets[_clean(data)].decode("utf-8-sig")
+        except UnicodeDecodeError:
+            self.error(("target", "data"), f"is not utf-8 text: {data}")
+            return
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows or not rows[0]:
+            self.error(("target", "data"), f"has no header row: {data}")
+            return
+        self.csv_header, self.csv_rows = [c.strip() for c in rows[0]], [r for r in rows[1:] if r]
+        if not self.csv_rows:
+            self.error(("target", "data"), f"has no data rows: {data}")
+        name = posixpath.basename(data)
+        label = target.get("label")
+        if isinstance(label, str) and label not in self.csv_header:
+            self.error(("target", "label"), f"not a column of {name}")
+        features = target.get("features")
+        for i, feature in enumerate(features if isinstance(features, list) else []):
+            if not isinstance(feature, str):
+                continue
+            if feature not in self.csv_header:
+                self.error(("target", "features", i), f"not a column of {name}")
+                continue
+            if feature == label:
+                self.error(("target", "features", i), "is the label; a feature cannot be the label")
+            column = self.csv_header.index(feature)
+            for row_number, row in enumerate(self.csv_rows, start=2):
+                if not _is_float(row[column] if column < len(row) else ""):
+                    self.error(("target", "features", i),
+                               f"column '{feature}' is not numeric ({name}, row {row_number})")
+                    break
+        for feature in _mapping(target.get("feature_labels")):
+            if isinstance(features, list) and feature not in features:
+                self.error(("target", "feature_labels", feature), "not one of target.features")
+
+    def label_classes(self) -> list[str]:
+        label = self.target.get("label") if self.target else None
+        if self.csv_header is None or label not in self.csv_header:
+            return []
+        column = self.csv_header.index(label)
+        return sorted({row[column].strip() for row in self.csv_rows if column < len(row)})
+
+    # -- items
+
+    def check_items(self) -> None:
+        concepts = {c.get("id") for _, c in _dicts(self.data.get("concepts"))}
+        for i, item in _dicts(self.data.get("items")):
+            concept = item.get("concept")
+            if isinstance(concept, str) and concept not in concepts:
+                self.error(("items", i, "concept"), f"unknown concept '{concept}'")
+            kind = item.get("kind")
+            options = [o.get("id") for _, o in _dicts(item.get("options"))]
+            options = [str(o) for o in options if isinstance(o, (str, int)) and not isinstance(o, bool)]
+            for j, option in enumerate(options):
+                if option in options[:j]:
+                    self.error(("items", i, "options", j, "id"), f"duplicate option id '{option}'")
+            key = item.get("key")
+            if key == FROM_TARGET and kind != "predict":
+                self.error(("items", i, "key"), "from_target is only allowed on predict items")
+            elif kind == "single_choice" and isinstance(key, (str, int)) and str(key) not in options:
+                self.error(("items", i, "key"), f"unknown option '{key}'")
+            elif kind == "multi_choice" and isinstance(key, list):
+                for j, entry in enumerate(key):
+                    if str(entry) not in options:
+                        self.error(("items", i, "key", j), f"unknown option '{entry}'")
+            elif kind == "likert":
+                scale = _mapping(item.get("scale"))
+                low, high = scale.get("min"), scale.get("max")
+                if _is_number(low) and _is_number(high) and high <= low:
+                    self.error(("items", i, "scale", "max"), f"must be greater than min ({low})")
+            elif kind == "predict":
+                self.check_predict(i, item, options)
+
+    def check_predict(self, i: int, item: dict, options: list[str]) -> None:
+        key, task = item.get("key"), self.task
+        if key == FROM_TARGET and self.target is None:
+            self.error(("items", i, "key"), "from_target needs a target")
+        if item.get("options") is not None and item.get("tolerance") is not None:
+            self.error(("items", i, "tolerance"), "is for numeric answers; this item has options")
+        if task == "classification" or (task is None and item.get("options") is not None):
+            if item.get("options") is None:
+                self.error(("items", i, "options"), "is required")
+            elif key not in (None, FROM_TARGET) and str(key) not in options:
+                self.error(("items", i, "key"), f"unknown option '{key}'")
+            elif key == FROM_TARGET:
+                for label in self.label_classes():
+                    if label not in options:
+                        self.error(("items", i, "options"), f"no option for class '{label}'")
+        else:
+            if key is not None and key != FROM_TARGET and not _is_number(key):
+                self.error(("items", i, "key"), "must be a number")
+            if key is not None and item.get("tolerance") is None:
+                self.error(("items", i, "tolerance"), "is required")
+        if self.target is not None:
+            features = self.target.get("features")
+            features = [f for f in features if isinstance(f, str)] if isinstance(features, list) else []
+            given = _mapping(item.get("input"))
+            for feature in features:
+                if feature not in given:
+                    self.error(("items", i, "input"), f"missing feature '{feature}'")
+            for feature, value in given.items():
+                if feature not in features:
+                    self.error(("items", i, "input", feature), "not a feature of the target")
+                elif not _is_number(value):
+                    self.error(("items", i, "input", feature), "must be a number")
+
+    # -- instruments
+
+    def check_instruments(self) -> None:
+        items = {item.get("id"): item for _, item in _dicts(self.data.get("items"))}
+        instruments = _mapping(self.data.get("instruments"))
+        used_in: dict[str, dict] = {"pre_test": {}, "post_test": {}}
+        for name in ("pre_test", "post_test"):
+            forms = _mapping(_mapping(instruments.get(name)).get("forms"))
+            for form in ("A", "B"):
+                ids = forms.get(form)
+                if not isinstance(ids, list):
+                    continue
+                for j, ident in enumerate(ids):
+                    path = ("instruments", name, "forms", form, j)
+                    if ident in ids[:j]:
+                        self.error(path, f"item '{ident}' is already in this form")
+                    if ident not in items:
+                        self.error(path, f"unknown item '{ident}'")
+                        continue
+                    used_in[name].setdefault(ident, path)
+                    if name == "post_test" and ident in used_in["pre_test"]:
+                        self.error(path, f"item '{ident}' is also used in the pre-test")
+                    if items[ident].get("key") is None:
+                        self.error(path, f"item '{ident}' has no key; test items must be scored")
+            a, b = forms.get("A"), forms.get("B")
+            if isinstance(a, list) and isinstance(b, list) and len(a) != len(b):
+                self.error(("instruments", name, "forms", "B"),
+                           f"must have as many items as form A ({len(a)}, not {len(b)})")
+        questionnaire = instruments.get("questionnaire")
+        for j, ident in enumerate(questionnaire if isinstance(questionnaire, list) else []):
+            path = ("instruments", "questionnaire", j)
+            if ident not in items:
+                self.error(path, f"unknown item '{ident}'")
+            elif ident in questionnaire[:j]:
+                self.error(path, f"item '{ident}' is already in the questionnaire")
+
+    # -- arms and files
+
+    def check_arms(self) -> None:
+        checked: set[str] = set()
+        for i, arm in _dicts(self.data.get("arms")):
+            material = arm.get("material")
+            if isinstance(material, str):
+                paths = [((("arms", i, "material")), material)]
+            elif isinstance(material, dict):
+                self.check_text(("arms", i, "material"), material)
+                paths = [(("arms", i, "material", lang), p) for lang, p in material.items()]
+            else:
+                paths = []
+            for path, file in paths:
+                if isinstance(file, str) and self.check_file(path, file) and _clean(file) not in checked:
+                    checked.add(_clean(file))
+                    self.check_markdown(path, _clean(file))
+
+    def check_file(self, path, file: str) -> bool:
+        clean = _clean(file)
+        if clean is None:
+            self.error(path, f"must be a relative path inside the study folder: {file}")
+            return False
+        if clean not in self.assets:
+            self.error(path, f"file not found: {clean}")
+            return False
+        return True
+
+    def check_markdown(self, path, file: str) -> None:
+        try:
+            text = self.assets[file].decode("utf-8")
+        except UnicodeDecodeError:
+            self.error(path, f"is not utf-8 text: {file}")
+            return
+        base = posixpath.dirname(file)
+        for number, line in enumerate(text.splitlines(), start=1):
+            for ref in _IMAGE_REF.findall(line) + _HTML_IMAGE_REF.findall(line):
+                if _EXTERNAL_REF.match(ref):
+                    continue
+                target = _clean(posixpath.join(base, ref.split("#")[0].split("?")[0]))
+                if target is None or target not in self.assets:
+                    shown = target or ref
+                    self.error(path, f"file not found: {shown} (image in {file}, line {number})",
+                               file=posixpath.basename(file), line=number)
+
+    # -- allocation
+
+    def check_allocation(self) -> None:
+        allocation = _mapping(self.data.get("allocation"))
+        weights = [a.get("weight", 1) for _, a in _dicts(self.data.get("arms"))]
+        valid = all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in weights)
+        total = sum(weights) if valid else 0  # a bad weight is reported already; don't cascade
+        size = allocation.get("block_size")
+        method = allocation.get("method", "blocked")
+        if method == "blocked" and isinstance(size, int) and size > 0 and total and size % total:
+            self.error(("allocation", "block_size"), f"must be a multiple of the total arm weight ({total})")
+        if method == "simple" and size is not None:
+            self.error(("allocation", "block_size"), "is only used when method is blocked")
+        strata = allocation.get("strata")
+        if strata is not None and allocation.get("when", "consent") != "after_pretest":
+            self.error(("allocation", "strata"), "is only used when 'when' is after_pretest")
+        if isinstance(strata, list):
+            for j in range(1, len(strata)):
+                if _is_number(strata[j]) and _is_number(strata[j - 1]) and strata[j] <= strata[j - 1]:
+                    self.error(("allocation", "strata", j), "must be greater than the cut point before it")
+
+
+_IMAGE_REF = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'][^\"']*[\"'])?\s*\)")
+_HTML_IMAGE_REF = re.compile(r"<img\b[^>]*\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
+_EXTERNAL_REF = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*:|//|#)")
+
+
+def _clean(path: str) -> str | None:
+    """Return a normalised POSIX path inside the folder, or None if it leaves the folder."""
+    if not path or path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path):
+        return None
+    clean = posixpath.normpath(path.replace("\\", "/"))
+    if clean == ".." or clean.startswith("../") or clean == ".":
+        return None
+    return clean
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _localised_fields(data: dict):
+    """Yield (path, value) for every localised text of the file as written."""
+    for name in ("title", "debrief"):
+        yield (name,), data.get(name)
+    yield ("consent", "text"), _mapping(data.get("consent")).get("text")
+    for i, concept in _dicts(data.get("concepts")):
+        yield ("concepts", i, "label"), concept.get("label")
+        yield ("concepts", i, "description"), concept.get("description")
+    target = data.get("target")
+    for feature, label in _mapping(_mapping(target).get("feature_labels")).items():
+        yield ("target", "feature_labels", feature), label
+    for i, item in _dicts(data.get("items")):
+        yield ("items", i, "prompt"), item.get("prompt")
+        yield ("items", i, "unit"), item.get("unit")
+        for j, option in _dicts(item.get("options")):
+            yield ("items", i, "options", j, "text"), option.get("text")
+        scale = _mapping(item.get("scale"))
+        yield ("items", i, "scale", "min_label"), scale.get("min_label")
+        yield ("items", i, "scale", "max_label"), scale.get("max_label")
+    for i, arm in _dicts(data.get("arms")):
+        yield ("arms", i, "label"), arm.get("label")
+
+
+def _sorted_unique(errors: list[SpecError]) -> list[SpecError]:
+    unique = list(dict.fromkeys(errors))
+    in_yaml = [e for e in unique if e.file == STUDY_FILE]
+    other = [e for e in unique if e.file != STUDY_FILE]
+    return sorted(in_yaml, key=lambda e: (e.line is None, e.line or 0)) + other
+
+
+# --------------------------------------------------------------------------- assets
+
+
+def _assets_read(folder: Path) -> dict[str, bytes]:
+    """Read every non-hidden file of the folder except study.yaml, keyed by POSIX path."""
+    assets = {}
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            full = Path(root) / name
+            relative = full.relative_to(folder).as_posix()
+            if relative != STUDY_FILE:
+                assets[relative] = full.read_bytes()
+    return dict(sorted(assets.items()))
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def _normalise(data: dict) -> dict:
+    """Return the validated file as plain data with every default filled in."""
+    languages = list(data["languages"])
+
+    def text(value):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return {lang: value for lang in languages}
+        return {lang: value[lang] for lang in languages}
+
+    recruitment = data["recruitment"]
+    target = data.get("target")
+    task = ESTIMATOR_TASKS[target["estimator"]] if target else None
+    arms = data["arms"]
+    weights = sum(arm.get("weight", 1) for arm in arms)
+    allocation = data.get("allocation") or {}
+    method = allocation.get("method", "blocked")
+    when = allocation.get("when", "consent")
+    instruments = data["instruments"]
+
+    def forms(name):
+        return {form: list(instruments[name]["forms"][form]) for form in ("A", "B")}
+
+    return {
+        "schema_version": data["schema_version"],
+        "slug": data["slug"],
+        "title": text(data["title"]),
+        "languages": languages,
+        "consent": {"version": data["consent"]["version"], "text": text(data["consent"]["text"])},
+        "recruitment": {
+            "platform": recruitment.get("platform", "prolific"),
+            "completion_code": recruitment["completion_code"],
+            "no_consent_code": recruitment["no_consent_code"],
+            "completion_url": recruitment.get("completion_url", DEFAULT_COMPLETION_URL),
+            "allow_without_pid": recruitment.get("allow_without_pid", False),
+        },
+        "withdrawal": {"data": (data.get("withdrawal") or {}).get("data", "keep")},
+        "concepts": [
+            {"id": c["id"], "label": text(c["label"]), "description": text(c.get("description"))}
+            for c in data.get("concepts") or []
+        ],
+        "target": None if not target else {
+            "kind": target["kind"],
+            "estimator": target["estimator"],
+            "task": task,
+            "params": dict(target.get("params") or {}),
+            "seed": target.get("seed", 0),
+            "data": _clean(target["data"]),
+            "features": list(target["features"]),
+            "label": target["label"],
+            "feature_labels": {f: text(v) for f, v in (target.get("feature_labels") or {}).items()},
+        },
+        "items": [_normalise_item(item, text, task) for item in data["items"]],
+        "instruments": {
+            "pre_test": {"forms": forms("pre_test")},
+            "post_test": {"forms": forms("post_test")},
+            "questionnaire": list(instruments.get("questionnaire") or []),
+        },
+        "arms": [
+            {
+                "id": arm["id"],
+                "kind": arm["kind"],
+                "weight": arm.get("weight", 1),
+                "label": text(arm.get("label")),
+                "material": _normalise_material(arm.get("material"), languages),
+                "limits": dict(arm.get("limits") or {}),
+                "options": dict(arm.get("options") or {}),
+            }
+            for arm in arms
+        ],
+        "allocation": {
+            "method": method,
+            "block_size": allocation.get("block_size", weights) if method == "blocked" else None,
+            "when": when,
+            "strata": list(allocation.get("strata", DEFAULT_STRATA)) if when == "after_pretest" else [],
+        },
+        "debrief": text(data["debrief"]),
+    }
+
+
+def _normalise_material(material, languages) -> dict | None:
+    if material is None:
+        return None
+    if isinstance(material, str):
+        return {lang: _clean(material) for lang in languages}
+    return {lang: _clean(material[lang]) for lang in languages}
+
+
+def _normalise_item(item: dict, text, task: str | None) -> dict:
+    kind = item["kind"]
+    out = {"id": item["id"], "kind": kind, "concept": item.get("concept"), "prompt": text(item["prompt"])}
+    options = [{"id": str(o["id"]), "text": text(o["text"])} for o in item.get("options") or []]
+    key = item.get("key")
+    if kind == "single_choice":
+        out.update(options=options, key=None if key is None else str(key))
+    elif kind == "multi_choice":
+        out.update(options=options, key=None if key is None else [str(k) for k in key])
+    elif kind == "likert":
+        scale = item["scale"]
+        out["scale"] = {
+            "min": scale["min"], "max": scale["max"],
+            "min_label": text(scale.get("min_label")), "max_label": text(scale.get("max_label")),
+        }
+    elif kind == "numeric":
+        out.update(key=float(key), tolerance=float(item["tolerance"]), unit=text(item.get("unit")))
+    elif kind == "text":
+        out["max_length"] = item.get("max_length", DEFAULT_MAX_LENGTH)
+    elif kind == "predict":
+        answered_by_option = task == "classification" or (task is None and item.get("options") is not None)
+        if key is not None and key != FROM_TARGET:
+            key = str(key) if answered_by_option else float(key)
+        tolerance = item.get("tolerance")
+        out.update(
+            input=dict(item["input"]),
+            options=options if answered_by_option else None,
+            key=key,
+            tolerance=None if tolerance is None else float(tolerance),
+            confidence=item.get("confidence", False),
+        )
+    return out

@@ -1,5 +1,6 @@
 """Teachback settings: the only settings module, read from the environment (12-factor)."""
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -139,6 +140,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = DEBUG or DEMO
+# WhiteNoise hands Django a synchronous file iterator; under ASGI Django warns once per static file.
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 
 LOGIN_URL = "/admin/login/"
 

@@ -281,14 +281,14 @@ def debrief(request: HttpRequest, participant: Participant) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @participant_page(Step.DONE)
 def done(request: HttpRequest, participant: Participant) -> HttpResponse:
-    """The end. A second Finish from the same browser soon after completing goes to the recruiter again
-    (the browser may have dropped the first redirect); anyone else sees 'already completed' and no code."""
+    """The end. The browser that completed is sent to the recruiter again for a few minutes (a double
+    click or a reload may have dropped the first redirect); anyone else sees 'already completed', no code."""
     just_finished = (
         request.session.get(f"teachback:completed:{participant.token}")
         and participant.completed_at
         and timezone.now() - participant.completed_at < RECENT_COMPLETION
     )
-    if request.method == "POST" and just_finished:
+    if just_finished and _has_url(participant):
         return HttpResponseRedirect(_finish_url(participant), status=303)
     if participant.status == Participant.Status.DECLINED:
         return _page(request, "done.html", _context(participant, declined=True, finish_url=_finish_url(participant)))

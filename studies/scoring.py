@@ -33,7 +33,9 @@ def _number(raw: str) -> float:
 def answer_parse(item: dict, values: list[str], confidence: str | None = None) -> tuple[object, int | None]:
     """Turn submitted form values into the stored answer and confidence, or raise AnswerInvalid."""
     kind = item["kind"]
-    values = [v for v in values if v != ""]
+    values = [v for v in values if v.strip() != ""]
+    if not values and not item.get("required", True):
+        return None, None
     option_ids = [o["id"] for o in item.get("options") or []]
     if kind == "multi_choice":
         if not values or any(v not in option_ids for v in values):

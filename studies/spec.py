@@ -78,7 +78,7 @@ _ITEM_REQUIRED = {
     "text": [],
     "predict": ["input"],
 }
-_COMMON_ITEM_FIELDS = ("id", "kind", "concept", "prompt")
+_COMMON_ITEM_FIELDS = ("id", "kind", "concept", "prompt", "required")
 
 
 @dataclass(frozen=True)
@@ -232,6 +232,7 @@ def _item_schema() -> dict:
         "kind": {"enum": list(ITEM_KINDS)},
         "concept": _id("the concept this item measures"),
         "prompt": _text("The question, in markdown."),
+        "required": {"type": "boolean", "description": "whether an answer is needed to go on (default true)"},
         "options": {"type": "array", "items": option, "minItems": 2},
         "key": {
             "type": ["string", "integer", "number", "array"],
@@ -305,7 +306,10 @@ def _build_schema() -> dict:
                     "platform": {"enum": ["prolific", "none"]},
                     "completion_code": {"type": "string", "pattern": CODE_PATTERN},
                     "no_consent_code": {"type": "string", "pattern": CODE_PATTERN},
-                    "completion_url": {"type": "string", "pattern": r"\{code\}"},
+                    "completion_url": {
+                        "type": ["string", "null"], "pattern": r"\{code\}",
+                        "description": "where a finished participant is sent; null: show the code on the last page",
+                    },
                     "allow_without_pid": {"type": "boolean"},
                 },
                 required=("completion_code", "no_consent_code"),
@@ -989,7 +993,9 @@ def _normalise(data: dict) -> dict:
             "platform": recruitment.get("platform", "prolific"),
             "completion_code": recruitment["completion_code"],
             "no_consent_code": recruitment["no_consent_code"],
-            "completion_url": recruitment.get("completion_url", DEFAULT_COMPLETION_URL),
+            "completion_url": recruitment.get(
+                "completion_url", DEFAULT_COMPLETION_URL if recruitment.get("platform", "prolific") == "prolific" else None
+            ),
             "allow_without_pid": recruitment.get("allow_without_pid", False),
         },
         "withdrawal": {"data": (data.get("withdrawal") or {}).get("data", "keep")},
@@ -1046,7 +1052,10 @@ def _normalise_material(material, languages) -> dict | None:
 
 def _normalise_item(item: dict, text, task: str | None) -> dict:
     kind = item["kind"]
-    out = {"id": item["id"], "kind": kind, "concept": item.get("concept"), "prompt": text(item["prompt"])}
+    out = {
+        "id": item["id"], "kind": kind, "concept": item.get("concept"), "prompt": text(item["prompt"]),
+        "required": item.get("required", True),
+    }
     options = [{"id": str(o["id"]), "text": text(o["text"])} for o in item.get("options") or []]
     key = item.get("key")
     if kind == "single_choice":

@@ -1,6 +1,6 @@
 """Render study text (Markdown) to sanitised HTML: no raw HTML, no script URLs, images from the study folder."""
 from collections.abc import Callable
-from posixpath import normpath
+from posixpath import dirname, join, normpath
 
 import nh3
 from markdown_it import MarkdownIt
@@ -14,14 +14,17 @@ _TAGS = {
 _ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title"}, "th": {"align"}, "td": {"align"}}
 
 
-def render_markdown(text: str, *, asset_url: Callable[[str], str] | None = None) -> str:
-    """Return safe HTML for `text`; relative image paths become `asset_url(path)`, others are dropped."""
+def render_markdown(text: str, *, asset_url: Callable[[str], str] | None = None, source: str = "") -> str:
+    """Return safe HTML for `text`; relative image paths become `asset_url(path)`, others are dropped.
+
+    `source` is the study-folder path of the Markdown file: image paths are relative to its folder.
+    """
 
     def rewrite(element: str, attribute: str, value: str) -> str | None:
         if element == "img" and attribute == "src":
             if "://" in value or value.startswith(("/", "data:")) or asset_url is None:
                 return None
-            path = normpath(value)
+            path = normpath(join(dirname(source), value))
             return None if path.startswith("..") else asset_url(path)
         return value
 

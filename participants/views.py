@@ -132,9 +132,12 @@ def _progress(participant: Participant) -> int:
     return round(100 * order.index(participant.step) / (len(order) - 1))
 
 
-def _md(participant: Participant, text: str) -> str:
+def _md(participant: Participant, text: str, source: str = "") -> str:
     slug = participant.study.slug
-    return render_markdown(text, asset_url=lambda path: reverse("participants:asset", kwargs={"slug": slug, "path": path}))
+    return render_markdown(
+        text, source=source,
+        asset_url=lambda path: reverse("participants:asset", kwargs={"slug": slug, "path": path}),
+    )
 
 
 @require_http_methods(["GET", "POST"])
@@ -248,7 +251,7 @@ def explanation(request: HttpRequest, participant: Participant) -> HttpResponse:
     visit = services.page_visit_shown(participant=participant, page=Step.EXPLANATION)
     protocol = Protocol(participant.version.spec)
     arm = protocol.arms[participant.arm]
-    material = ""
+    material, path = "", ""
     if arm["kind"] == "static" and arm.get("material"):
         path = protocol.text(arm["material"], participant.language)
         asset = study_asset_get(version_id=participant.version_id, path=path)
@@ -256,7 +259,7 @@ def explanation(request: HttpRequest, participant: Participant) -> HttpResponse:
     min_seconds = int(arm.get("limits", {}).get("min_seconds") or 0)
     waited = (timezone.now() - visit.first_shown_at).total_seconds()
     return _page(request, "explanation.html", _context(
-        participant, arm_kind=arm["kind"], material_html=_md(participant, material),
+        participant, arm_kind=arm["kind"], material_html=_md(participant, material, source=path),
         minutes=reading_minutes(material), error=error,
         wait_seconds=max(0, int(min_seconds - waited + 0.999)),
     ), status=400 if error else 200)

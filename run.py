@@ -521,8 +521,11 @@ def ensure_chromium() -> None:
         warn(f"{CHROMIUM} is missing and we are not root: browser tests will skip themselves")
         return
     say(f"{CHROMIUM} is missing: installing Debian's chromium")
-    if shell("apt-get update") != 0 or shell("apt-get install -y chromium chromium-driver") != 0:
+    if shell("apt-get update") != 0 or shell("apt-get install -y chromium chromium-driver fonts-wqy-zenhei") != 0:
         warn("installing chromium failed: browser tests will skip themselves")
+    if os.environ.get("CI") and not CHROMIUM.exists():
+        # In CI a skipped browser test would pass without testing anything.
+        raise SetupError(f"{CHROMIUM} is missing in CI: the browser tests cannot run")
 
 
 def test_env() -> dict[str, str]:

@@ -21,6 +21,11 @@
     var bar = document.querySelector(".progress span[data-width]");
     if (bar) { bar.style.width = bar.getAttribute("data-width") + "%"; }
 
+    // Figures shrink to fit a phone: a tap opens the full-size image.
+    document.querySelectorAll(".material img").forEach(function (img) {
+      img.addEventListener("click", function () { window.open(img.src, "_blank", "noopener"); });
+    });
+
     document.querySelectorAll("form[data-track]").forEach(function (form) {
       form.addEventListener("submit", function (event) {
         if (form.getAttribute("data-sent")) { event.preventDefault(); return; }

@@ -13,6 +13,14 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "studies" / "examples" / "loa
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
+@pytest.fixture(autouse=True)
+def _static_files_without_manifest(settings):
+    """Tests do not run collectstatic: resolve static files from the source folders."""
+    settings.STORAGES = {
+        **settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
 @pytest.fixture
 def study_folder(tmp_path):
     """Return a function that copies the example study and applies `edit(data)` to its YAML."""

@@ -1,12 +1,8 @@
 """The participant's pages in a real browser: headless Debian Chromium driven by Playwright's sync API.
 
 Static files: pytest-django's `live_server` wraps the site in `django.contrib.staticfiles`'
-StaticFilesHandler (staticfiles is installed), which serves /static/ through the finders whatever
-WhiteNoise does. What must change for the tests is the storage: the production
-`CompressedManifestStaticFilesStorage` needs a collectstatic manifest, so `{% static %}` would fail;
-the `settings` fixture swaps in the plain `StaticFilesStorage` (Django's setting_changed signal resets
-the storage at runtime). The WhiteNoise settings are set too, as asked, but the live server's
-middleware was built before they change, so they are not what makes static files load.
+StaticFilesHandler, which serves /static/ through the finders; `tests/conftest.py` swaps in the plain
+`StaticFilesStorage` so `{% static %}` needs no collectstatic manifest.
 """
 import http.server
 import re
@@ -37,20 +33,13 @@ OVERFLOWING = """() => Array.from(document.querySelectorAll('body *'))
   .filter(e => !Array.from(e.children).some(c => c.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5))
   .slice(0, 8)
   .map(e => `<${e.tagName.toLowerCase()}${e.className ? '.' + e.className : ''}> right=${Math.round(e.getBoundingClientRect().right)}px "${(e.textContent || '').trim().slice(0, 40)}"`)"""
-# True when everything that sticks out lies inside a table of the study's material.
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(autouse=True)
-def browser_environment(monkeypatch, settings):
-    """Let the sync Playwright API and the ORM share the test thread; serve static files unhashed."""
+def browser_environment(monkeypatch):
+    """Let the sync Playwright API and the ORM share the test thread."""
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    settings.WHITENOISE_USE_FINDERS = True
-    settings.WHITENOISE_AUTOREFRESH = True
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 

@@ -28,6 +28,9 @@ from ruamel.yaml.nodes import MappingNode, SequenceNode
 LANGUAGES = ("en", "zh-hans")
 ITEM_KINDS = ("single_choice", "multi_choice", "likert", "numeric", "text", "predict")
 ARM_KINDS = ("static", "chat", "agentic", "tutor")
+LLM_PROVIDERS = ("openai", "anthropic")
+# One provider attempt must end well inside the broker's visibility timeout (see docs/chat.md).
+LLM_TIMEOUT_MAX_S = 15
 
 # Which task each allowed estimator solves. `studies.targets.ESTIMATORS` maps the same names
 # to classes; the names live here so that validating a file needs no scikit-learn import.
@@ -374,12 +377,42 @@ def _build_schema() -> dict:
                             }
                         ),
                         "options": {"type": "object"},
+                        "system_prompt": _text("The explainer's instructions (never shown to participants)."),
+                        "llm": _obj(
+                            {
+                                "provider": {"enum": list(LLM_PROVIDERS)},
+                                "model": {"type": "string", "minLength": 1},
+                                "base_url": {"type": ["string", "null"], "pattern": r"^https?://"},
+                                "params": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": ["number", "string", "boolean"]},
+                                    "description": "passed to the provider: temperature, max_tokens, top_p, ...",
+                                },
+                                "prices": _obj(
+                                    {
+                                        "input_per_mtok": {"type": "number", "minimum": 0},
+                                        "output_per_mtok": {"type": "number", "minimum": 0},
+                                    }
+                                ),
+                                "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": LLM_TIMEOUT_MAX_S},
+                                "max_retries": {"type": "integer", "minimum": 0, "maximum": 5},
+                                "context_tokens": {"type": "integer", "minimum": 512},
+                            },
+                            required=("model",),
+                            description="the language model behind a chat or agentic arm; keys come from the environment",
+                        ),
                     },
                     required=("id", "kind"),
-                    allOf=[{
-                        "if": {"properties": {"kind": {"const": "static"}}, "required": ["kind"]},
-                        "then": {"required": ["material"]},
-                    }],
+                    allOf=[
+                        {
+                            "if": {"properties": {"kind": {"const": "static"}}, "required": ["kind"]},
+                            "then": {"required": ["material"]},
+                        },
+                        {
+                            "if": {"properties": {"kind": {"enum": ["chat", "agentic"]}}, "required": ["kind"]},
+                            "then": {"required": ["llm"]},
+                        },
+                    ],
                 ),
             },
             "allocation": _obj(
@@ -1029,6 +1062,8 @@ def _normalise(data: dict) -> dict:
                 "material": _normalise_material(arm.get("material"), languages),
                 "limits": dict(arm.get("limits") or {}),
                 "options": dict(arm.get("options") or {}),
+                "system_prompt": text(arm.get("system_prompt")),
+                "llm": _normalise_llm(arm.get("llm")),
             }
             for arm in arms
         ],
@@ -1048,6 +1083,25 @@ def _normalise_material(material, languages) -> dict | None:
     if isinstance(material, str):
         return {lang: _clean(material) for lang in languages}
     return {lang: _clean(material[lang]) for lang in languages}
+
+
+def _normalise_llm(llm: dict | None) -> dict | None:
+    if llm is None:
+        return None
+    prices = llm.get("prices") or {}
+    return {
+        "provider": llm.get("provider", "openai"),
+        "model": llm["model"],
+        "base_url": llm.get("base_url"),
+        "params": dict(llm.get("params") or {}),
+        "prices": {
+            "input_per_mtok": float(prices.get("input_per_mtok", 0)),
+            "output_per_mtok": float(prices.get("output_per_mtok", 0)),
+        },
+        "timeout_s": float(llm.get("timeout_s", LLM_TIMEOUT_MAX_S)),
+        "max_retries": llm.get("max_retries", 2),
+        "context_tokens": llm.get("context_tokens", 8000),
+    }
 
 
 def _normalise_item(item: dict, text, task: str | None) -> dict:

@@ -469,6 +469,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         port = free_port_from(int(os.environ.get("PORT", "8000")))
         env = demo_env(port)
         env["REDIS_URL"] = choose_redis(children, env)
+        (VAR / "demo-redis-url").write_text(env["REDIS_URL"] + "\n")
         researcher_ready = prepare_database(env, port)
         start_app(children, env, port)
         print_banner(port, researcher_ready)
@@ -485,6 +486,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         children.stop_all()
+
+
+def cmd_manage(args: argparse.Namespace) -> int:
+    """Run a manage.py command against the demo's database and Redis (e.g. study_bots)."""
+    ensure_venv(extras=[])
+    VAR.mkdir(exist_ok=True)
+    env = demo_env(0)
+    redis_file = VAR / "demo-redis-url"
+    env["REDIS_URL"] = redis_file.read_text().strip() if redis_file.exists() else LOCAL_DEMO_REDIS
+    return subprocess.run([str(PYTHON), "manage.py", *args.pytest_args], cwd=ROOT, env=env).returncode
 
 
 # --------------------------------------------------------------------------- test
@@ -590,9 +601,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         allow_abbrev=False,
     )
     test.set_defaults(handler=cmd_test)
-    # Everything run.py does not know goes to pytest, in order.
+    manage_cmd = commands.add_parser(
+        "manage",
+        help="run a manage.py command against the demo's database (e.g. `manage study_bots loan-approval -n 50`)",
+        usage="run.py manage COMMAND [ARGS ...]",
+        allow_abbrev=False,
+        add_help=False,
+    )
+    manage_cmd.set_defaults(handler=cmd_manage)
+    # Everything run.py does not know goes to pytest (or manage.py), in order.
     args, rest = parser.parse_known_args(argv)
-    if args.command != "test" and rest:
+    if args.command not in ("test", "manage") and rest:
         parser.error("unrecognized arguments: " + " ".join(rest))
     args.pytest_args = rest[1:] if rest[:1] == ["--"] else rest
     return args

@@ -145,17 +145,43 @@ warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume sy
 
 LOGIN_URL = "/admin/login/"
 
-# Celery: every LLM call runs in a worker. Issue 4 tunes redelivery; these are the safe basics.
+# Language models. Keys only from the environment; with none configured, chat arms answer from the
+# scripted demo model at SCRIPTED_LLM_URL (started by `run.py demo` and by the tests), and say so.
+LLM_BASE_URL = os.environ.get("LLM_BASE_URL", "")
+LLM_API_KEY = os.environ.get("LLM_API_KEY", "")
+ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL", "")
+ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
+SCRIPTED_LLM_URL = os.environ.get("SCRIPTED_LLM_URL", "")
+
+# Celery: every LLM call runs in a worker (threads pool: many calls in flight per process).
+# The timing budget (docs/chat.md; checked by tests/explainers/test_timing_budget.py):
+#   provider timeout (<= 15 s, one attempt per delivery) + 3 s  <=  soft limit < hard limit < visibility timeout
+#   retry countdown < visibility timeout
+#   visibility timeout + unacked_restore_interval x unacked_restore_throttle  <=  30 s  (redelivery after a kill)
 CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 20,
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+}
+REPLY_SOFT_LIMIT_S = 18
+REPLY_HARD_LIMIT_S = 19
+REPLY_MAX_COUNTDOWN_S = 10
+TURN_SWEEP_STALE_S = int(os.environ.get("TURN_SWEEP_STALE_S", "45"))  # a pending turn untouched this long lost its message
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = False
+CELERY_BEAT_SCHEDULE = {
+    "turns-sweep": {"task": "explainers.tasks.turns_sweep_task", "schedule": float(os.environ.get("TURN_SWEEP_EVERY_S", "15"))},
+}
+# Worker threads share this many database connections (PostgreSQL allows 100 in all).
+WORKER_DB_SLOTS = int(os.environ.get("WORKER_DB_SLOTS", "20"))
 
 # Participant-facing limits.
-PARTICIPANT_TEXT_MAX_CHARS = 10_000
+CHAT_MESSAGE_MAX_CHARS = 2_000
 CLIENT_EVENTS_MAX_BYTES = 2_000
 
 LOGGING = {
@@ -169,5 +195,6 @@ LOGGING = {
     "loggers": {
         "uvicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
     },
 }

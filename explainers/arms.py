@@ -1,8 +1,14 @@
-"""Arm policies. This version runs the static arm; chat, agentic and tutor land with their issues."""
+"""Which arm kinds this version of the platform can run."""
+from .endpoints import llm_endpoint
 
-AVAILABLE_ARM_KINDS = frozenset({"static"})
+AVAILABLE_ARM_KINDS = frozenset({"static", "chat"})
 
 
 def arm_available(arm: dict) -> bool:
-    """Return whether this platform can run the arm now (allocation sends people only to such arms)."""
-    return arm["kind"] in AVAILABLE_ARM_KINDS
+    """Return whether the arm can run now (allocation sends people only to such arms).
+
+    A chat arm needs a language model: a configured provider or the scripted demo model.
+    """
+    if arm["kind"] not in AVAILABLE_ARM_KINDS:
+        return False
+    return arm["kind"] == "static" or llm_endpoint(arm.get("llm")) is not None

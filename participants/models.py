@@ -1,5 +1,6 @@
 from django.db import models
 
+from explainers.models import Conversation
 from studies.models import Study, StudyVersion
 
 
@@ -46,6 +47,9 @@ class Participant(models.Model):
     allocated_at = models.DateTimeField(null=True, blank=True)
     step = models.CharField(max_length=16, choices=Step.choices, default=Step.CONSENT)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    conversation = models.OneToOneField(
+        Conversation, on_delete=models.PROTECT, null=True, blank=True, related_name="participant"
+    )
     consent_version = models.CharField(max_length=64, blank=True)
     consent_sha256 = models.CharField(max_length=64, blank=True)
     consented_at = models.DateTimeField(null=True, blank=True)

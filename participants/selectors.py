@@ -2,6 +2,7 @@
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from explainers.models import Turn
 from studies.protocol import Protocol
 
 from .models import Participant, Response, Step
@@ -51,3 +52,12 @@ def completion_url(*, participant: Participant) -> str:
     else:
         raise ValueError("the participant has not finished")
     return recruitment["completion_url"].replace("{code}", quote(code))
+
+
+def participant_chat_turn(*, participant: Participant, turn_id: int) -> Turn | None:
+    """Return a participant turn of this participant's conversation, or None."""
+    if participant.conversation_id is None:
+        return None
+    return Turn.objects.filter(
+        pk=turn_id, conversation_id=participant.conversation_id, author=Turn.Author.PARTICIPANT
+    ).first()

@@ -11,7 +11,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from explainers import services as explainer_services
 from explainers.arms import arm_available
+from explainers.models import Turn
 from studies.models import StudyVersion
 from studies.protocol import Protocol
 from studies.scoring import answer_evaluate
@@ -184,6 +186,43 @@ def response_submit(
         return participant, True
 
 
+def chat_conversation(*, participant_id: int):
+    """Return the participant's conversation with their arm's explainer, starting it on first use."""
+    with transaction.atomic():
+        return _conversation(_lock(participant_id))
+
+
+def chat_send(*, participant_id: int, text: str, nonce: str = "") -> Turn:
+    """Save the participant's chat message and queue the reply (raises LimitReached, TurnInFlight)."""
+    with transaction.atomic():
+        conversation = _conversation(_lock(participant_id))
+        return explainer_services.turn_create(conversation=conversation, text=text, nonce=nonce)
+
+
+def _conversation(participant: Participant):
+    """Call with the participant's row locked."""
+    _require_consent(participant)
+    if participant.step != Step.EXPLANATION:
+        raise StepError(participant.step)
+    if participant.conversation is None:
+        participant.conversation = explainer_services.conversation_start(
+            version=participant.version, arm_id=participant.arm, language=participant.language
+        )
+        participant.save(update_fields=["conversation"])
+    return participant.conversation
+
+
+def chat_retry(*, participant_id: int, turn_id: int) -> Turn:
+    """Send a failed message again."""
+    with transaction.atomic():
+        participant = _lock(participant_id)
+        _require_consent(participant)
+        if participant.step != Step.EXPLANATION:
+            raise StepError(participant.step)
+        turn = Turn.objects.get(pk=turn_id, conversation_id=participant.conversation_id, author=Turn.Author.PARTICIPANT)
+        return explainer_services.turn_retry(turn=turn)
+
+
 def explanation_finish(*, participant_id: int, client: str = "") -> Participant:
     """Leave the explanation step, once the arm's minimum time has passed."""
     with transaction.atomic():
@@ -194,11 +233,16 @@ def explanation_finish(*, participant_id: int, client: str = "") -> Participant:
         arm = Protocol(participant.version.spec).arms[participant.arm]
         min_seconds = int(arm.get("limits", {}).get("min_seconds") or 0)
         visit = PageVisit.objects.filter(participant=participant, page=Step.EXPLANATION).first()
+        conversation = participant.conversation
+        if conversation is not None and conversation.ended_at:
+            min_seconds = 0  # a limit ended the conversation: nothing more to do on this page
         if min_seconds and visit is not None:
             left = visit.first_shown_at + timedelta(seconds=min_seconds) - timezone.now()
             if left.total_seconds() > 0:
                 raise TooEarly(int(left.total_seconds()) + 1)
         _visit_submit(participant, page=Step.EXPLANATION, client=client)
+        if conversation is not None:
+            explainer_services.conversation_end(conversation=conversation, reason="participant")
         _advance(participant)
         return participant
 
@@ -224,7 +268,7 @@ def participant_complete(*, participant_id: int, client: str = "") -> tuple[Part
 
 
 def _lock(participant_id: int) -> Participant:
-    return Participant.objects.select_for_update().select_related("version").get(pk=participant_id)
+    return Participant.objects.select_for_update(of=("self",)).select_related("version", "conversation").get(pk=participant_id)
 
 
 def _require_consent(participant: Participant) -> None:

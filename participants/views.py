@@ -4,6 +4,7 @@ import mimetypes
 from datetime import timedelta
 from functools import wraps
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -12,11 +13,15 @@ from django.utils.translation import get_language_from_request
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods
 
+from explainers.models import Turn
+from explainers.selectors import conversation_transcript
+from explainers.services import ArmUnavailable
 from studies.protocol import Protocol
 from studies.scoring import AnswerInvalid
 from studies.selectors import entry_link_kind, study_asset_get
 
 from . import services
+from .chat_display import reply_html, usage_view
 from .markdown import reading_minutes, render_markdown
 from .models import Participant, Step
 from .selectors import completion_url, participant_current_item, participant_get_by_token
@@ -115,16 +120,10 @@ def _context(participant: Participant, **extra) -> dict:
         "protocol": protocol,
         "lang": participant.language,
         "study_title": protocol.text(protocol.spec["title"], participant.language),
-        "languages": [(code, name) for code, name in _language_names() if code in protocol.languages],
+        "languages": [(code, name) for code, name in settings.LANGUAGES if code in protocol.languages],
         "progress": _progress(participant),
         **extra,
     }
-
-
-def _language_names():
-    from django.conf import settings
-
-    return settings.LANGUAGES
 
 
 def _progress(participant: Participant) -> int:
@@ -258,11 +257,40 @@ def explanation(request: HttpRequest, participant: Participant) -> HttpResponse:
         material = bytes(asset.content).decode("utf-8") if asset else ""
     min_seconds = int(arm.get("limits", {}).get("min_seconds") or 0)
     waited = (timezone.now() - visit.first_shown_at).total_seconds()
+    chat = _chat_context(participant) if arm["kind"] == "chat" else None
+    if chat and chat["usage"]["ended"]:
+        min_seconds = 0
     return _page(request, "explanation.html", _context(
         participant, arm_kind=arm["kind"], material_html=_md(participant, material, source=path),
-        minutes=reading_minutes(material), error=error,
+        minutes=reading_minutes(material), error=error, chat=chat,
         wait_seconds=max(0, int(min_seconds - waited + 0.999)),
     ), status=400 if error else 200)
+
+
+def _chat_context(participant: Participant) -> dict | None:
+    """The transcript from the database, the limits, and the turn still waiting for its reply."""
+    try:
+        conversation = services.chat_conversation(participant_id=participant.pk)
+    except ArmUnavailable:
+        return None
+    turns = []
+    pending = None
+    for turn in conversation_transcript(conversation=conversation):
+        is_explainer = turn.author == Turn.Author.EXPLAINER
+        turns.append({
+            "id": turn.id, "author": turn.author, "status": turn.status,
+            "html": reply_html(turn.text) if is_explainer else "", "text": turn.text,
+        })
+        if turn.status == Turn.Status.PENDING:
+            pending = turn.id
+    slug = participant.study.slug
+    return {
+        "turns": turns, "pending": pending, "scripted": conversation.scripted,
+        "usage": usage_view(conversation), "max_chars": settings.CHAT_MESSAGE_MAX_CHARS,
+        "send_url": reverse("participants:chat_send", kwargs={"slug": slug}),
+        "events_url": reverse("participants:chat_events", kwargs={"slug": slug, "turn_id": 0}),
+        "retry_url": reverse("participants:chat_retry", kwargs={"slug": slug, "turn_id": 0}),
+    }
 
 
 @require_http_methods(["GET", "POST"])

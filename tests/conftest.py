@@ -101,3 +101,127 @@ def step_through():
         return response
 
     return submit
+
+
+# --- language models and Celery workers -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fake_llm_server():
+    """The scripted OpenAI-compatible (and Anthropic) server on loopback, one per test session."""
+    from explainers.fakellm import FakeLLM
+
+    with FakeLLM() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_llm(fake_llm_server, settings):
+    """The fake server, reset, serving this test as the scripted demo model."""
+    fake_llm_server.reset()
+    settings.SCRIPTED_LLM_URL = fake_llm_server.url
+    settings.LLM_BASE_URL = ""
+    settings.LLM_API_KEY = ""
+    return fake_llm_server
+
+
+def chat_only(data, **llm) -> None:
+    """Keep the chat arm only, with no minimum time; `llm` overrides its model settings."""
+    data["arms"] = [a for a in data["arms"] if a["kind"] == "chat"]
+    data["arms"][0]["limits"]["min_seconds"] = 0
+    data["arms"][0]["llm"].update(llm)
+    data["allocation"]["block_size"] = 1
+
+
+@pytest.fixture
+def chat_study(launch, fake_llm):
+    """The example study launched with its chat arm only, answered by the fake server."""
+    return launch(chat_only)
+
+
+class CeleryWorker:
+    """A real `celery -A config worker` process on the test database and a flushed test broker."""
+
+    def __init__(self, env: dict, log_path: Path, concurrency: int, beat: bool):
+        self.env, self.log_path, self.concurrency, self.beat = env, log_path, concurrency, beat
+        self.process = None
+
+    def start(self, timeout: float = 30.0) -> "CeleryWorker":
+        import subprocess
+        import sys
+        import time
+
+        command = [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "threads",
+                   "--concurrency", str(self.concurrency), "--loglevel", "INFO", "--without-mingle",
+                   "--without-gossip", "-n", f"test-{time.monotonic_ns()}@%h"]
+        if self.beat:
+            command += ["-B", "-s", str(self.log_path.with_suffix(".beat"))]
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, env=self.env,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the worker exited: {self.log()[-2000:]}")
+            if " ready." in self.log():
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"the worker did not start: {self.log()[-2000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """kill -9 the whole worker (its process group), as a crash or an OOM kill would."""
+        import os
+        import signal
+
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def celery_worker_factory(transactional_db, fake_llm, tmp_path):
+    """Return a function that starts a real worker process (call it again after a kill)."""
+    import os
+
+    import redis
+    from django.conf import settings as django_settings
+    from django.db import connection
+
+    redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
+    db = connection.settings_dict
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "REDIS_URL": django_settings.REDIS_URL,
+        "SCRIPTED_LLM_URL": fake_llm.url,
+        "LLM_BASE_URL": "",
+        "LLM_API_KEY": "",
+        "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
+        "PYTHONUNBUFFERED": "1",
+    }
+    workers = []
+
+    def start(concurrency: int = 50, beat: bool = False, **extra_env) -> CeleryWorker:
+        worker = CeleryWorker({**env, **{k: str(v) for k, v in extra_env.items()}},
+                              tmp_path / f"worker-{len(workers)}.log", concurrency, beat)
+        workers.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in workers:
+        worker.stop()

@@ -80,6 +80,7 @@ arms:
   - id: chat
     kind: chat
     weight: 1
+    llm: {model: small-model}
   - id: tutor
     kind: tutor
     weight: 2
@@ -174,6 +175,12 @@ def test_minimal_study_is_normalised_with_defaults(tmp_path):
     assert spec["arms"][0]["material"] == {"en": "material/m.md", "zh-hans": "material/m.md"}
     assert spec["arms"][1] == {
         "id": "chat", "kind": "chat", "weight": 1, "label": None, "material": None, "limits": {}, "options": {},
+        "system_prompt": None,
+        "llm": {
+            "provider": "openai", "model": "small-model", "base_url": None, "params": {},
+            "prices": {"input_per_mtok": 0.0, "output_per_mtok": 0.0}, "timeout_s": 15.0, "max_retries": 2,
+            "context_tokens": 8000,
+        },
     }
     assert spec["target"]["task"] == "classification"
 

@@ -1,0 +1,106 @@
+from django.db import models
+from django.db.models import Q
+
+from studies.models import StudyVersion
+
+
+class Conversation(models.Model):
+    """One participant's conversation with the explainer of their arm."""
+
+    class EndReason(models.TextChoices):
+        PARTICIPANT = "participant"
+        TURNS = "turns"
+        MINUTES = "minutes"
+        TOKENS = "tokens"
+
+    version = models.ForeignKey(StudyVersion, on_delete=models.PROTECT, related_name="conversations")
+    version_sha256 = models.CharField(max_length=64)
+    arm = models.CharField(max_length=64)
+    language = models.CharField(max_length=10, default="en")
+    scripted = models.BooleanField(default=False, help_text="replies come from the scripted demo model")
+    started_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True)
+
+    def __str__(self) -> str:
+        return f"conversation {self.pk} ({self.arm})"
+
+
+class Turn(models.Model):
+    """One chat message. A participant's turn gets exactly one explainer turn as its reply."""
+
+    class Author(models.TextChoices):
+        PARTICIPANT = "participant"
+        EXPLAINER = "explainer"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"    # a participant's turn waiting for its reply
+        ANSWERED = "answered"  # a participant's turn with its reply
+        FAILED = "failed"      # attempts ran out; the participant may send it again
+        COMPLETE = "complete"  # an explainer's turn
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
+    author = models.CharField(max_length=12, choices=Author.choices)
+    text = models.TextField()
+    reply_to = models.OneToOneField(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="reply"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices)
+    client_nonce = models.CharField(max_length=64, blank=True)
+    scripted = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    not_before = models.DateTimeField(null=True, blank=True, help_text="no provider call before (Retry-After)")
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    error_kind = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "client_nonce"], condition=~Q(client_nonce=""), name="turn_nonce_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "enqueued_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.author} turn {self.pk}"
+
+
+class LLMCall(models.Model):
+    """One request to a provider: one attempt, logged whatever its outcome."""
+
+    class Status(models.TextChoices):
+        STARTED = "started"  # never finished: the worker was lost mid-call
+        OK = "ok"
+        ERROR = "error"
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="llm_calls")
+    purpose = models.CharField(max_length=32, default="reply")
+    attempt = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.STARTED)
+    provider = models.CharField(max_length=16)
+    model = models.CharField(max_length=200)
+    model_reported = models.CharField(max_length=200, blank=True)
+    scripted = models.BooleanField(default=False)
+    request = models.JSONField()
+    response = models.JSONField(null=True, blank=True)
+    error_kind = models.CharField(max_length=32, blank=True)
+    error = models.TextField(blank=True)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    retry_after_s = models.FloatField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    version_sha256 = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["started_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["turn", "purpose", "attempt"], name="llm_call_attempt_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.purpose} attempt {self.attempt} ({self.status})"

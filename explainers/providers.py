@@ -1,0 +1,738 @@
+"""The LLM layer: one streamed attempt at one LLM call, through the official SDKs.
+
+`llm_call(request, on_delta)` makes exactly one attempt (the SDKs' own retries are off) so that
+the caller can log every attempt as its own row and retry with backoff. It is synchronous and
+thread-safe: it runs in Celery worker threads with many calls in flight per process, sharing one
+SDK client (and its connection pool) per (provider, base_url, key).
+
+Providers: ``"openai"`` is any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, the
+fake in ``explainers.fakellm``) through ``openai.OpenAI``; ``"anthropic"`` is the Messages API
+through ``anthropic.Anthropic``. Keys come only from the environment (``LLM_API_KEY``,
+``ANTHROPIC_API_KEY``); base URLs from the request or ``LLM_BASE_URL`` / ``ANTHROPIC_BASE_URL``,
+read at call time.
+
+Requests are built, authenticated and sent by the SDKs (``with_streaming_response.create(stream=True)``),
+which also map error statuses to exceptions; the server-sent events are parsed here from the raw
+body, which checks the deadline on every network chunk and is ~10x cheaper than the SDKs' typed
+chunk objects.
+
+Note: the SDK versions installed here (openai 3.x, anthropic 2.x) are built on ``httpx2``, not
+``httpx``; their ``http_client`` must be an ``httpx2.Client`` (anthropic refuses an
+``httpx.Client`` outright).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+from email.utils import parsedate_to_datetime
+
+import anthropic
+import httpx2
+import openai
+
+PROVIDERS = ("openai", "anthropic")
+ANTHROPIC_DEFAULT_MAX_TOKENS = 1024
+NO_KEY = "not-needed"
+POOL_LIMITS = dict(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0)
+
+RETRYABLE_KINDS = frozenset({"timeout", "rate_limit", "server", "overloaded", "dropped", "connection"})
+FINAL_KINDS = frozenset({"bad_request", "context_overflow", "spend_cap", "auth"})
+
+_CONTEXT_WORDS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "prompt is too long",
+    "exceeds the context window",
+    "context window",
+    "context length",
+    "exceed_context_size",
+    "exceeds the available context size",
+    "context size",
+)
+_SPEND_WORDS = (
+    "insufficient_quota",
+    "exceeded your current quota",
+    "credit balance",
+    "billing",
+    "spend limit",
+    "spending limit",
+    "api usage limits",
+)
+
+# Parameters that OpenAI-compatible servers understand but the Anthropic API refuses.
+_OPENAI_ONLY_PARAMS = frozenset(
+    {"frequency_penalty", "presence_penalty", "seed", "n", "logit_bias", "logprobs", "top_logprobs",
+     "response_format", "user", "parallel_tool_calls", "max_completion_tokens", "stream_options"}
+)
+
+
+# --------------------------------------------------------------------------- public types
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    provider: str  # "openai" (any OpenAI-compatible server) | "anthropic"
+    model: str
+    messages: list[dict]  # [{"role": "system"|"user"|"assistant", "content": str}]
+    params: dict = field(default_factory=dict)  # temperature, max_tokens, top_p, frequency_penalty, seed, ...
+    tools: list[dict] | None = None  # [{"name", "description", "parameters": <JSON schema>}]
+    response_schema: dict | None = None  # {"name": str, "schema": <JSON schema>}
+    base_url: str | None = None  # None: LLM_BASE_URL / ANTHROPIC_BASE_URL at call time, else the SDK default
+    timeout_s: float = 60.0  # total budget for one attempt (connect + whole stream); also the stall timeout
+
+
+@dataclass
+class LLMResult:
+    text: str
+    tool_calls: list[dict]  # [{"id", "name", "arguments": dict}]
+    parsed: dict | None  # structured output when response_schema was given
+    model: str  # the model id as the server reported it
+    input_tokens: int | None
+    output_tokens: int | None
+    finish_reason: str
+    ttft_ms: int | None  # time to the first text delta (or first event for tool-only replies)
+    latency_ms: int
+    response: dict  # JSON-able summary for the log
+
+
+class ProviderError(Exception):
+    """One failed attempt. `retryable` tells the caller whether another attempt may succeed."""
+
+    def __init__(
+        self,
+        kind: str,
+        message: str = "",
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        partial_text: str = "",
+        ttft_ms: int | None = None,
+        latency_ms: int | None = None,
+        retryable: bool | None = None,
+        body: Any = None,
+    ):
+        super().__init__(f"{kind}: {message}" if message else kind)
+        self.kind = kind
+        self.message = message
+        self.retryable = kind in RETRYABLE_KINDS if retryable is None else retryable
+        self.status = status
+        self.retry_after = retry_after
+        self.partial_text = partial_text
+        self.ttft_ms = ttft_ms
+        self.latency_ms = latency_ms
+        self.body = body
+
+    def as_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "retryable": self.retryable,
+            "status": self.status,
+            "retry_after": self.retry_after,
+            "partial_text": self.partial_text,
+            "ttft_ms": self.ttft_ms,
+            "latency_ms": self.latency_ms,
+        }
+
+
+def estimate_tokens(messages) -> int:
+    """A rough token count (characters / 4, plus a little per message) for context-budget checks."""
+    chars = 0
+    count = 0
+    for message in messages or []:
+        count += 1
+        content = message.get("content") if isinstance(message, dict) else message
+        if isinstance(content, str):
+            chars += len(content)
+        elif content is not None:
+            chars += len(json.dumps(content, ensure_ascii=False))
+    return chars // 4 + 4 * count
+
+
+# --------------------------------------------------------------------------- deadline + server-sent events
+
+
+class _DeadlineExceeded(Exception):
+    pass
+
+
+def _sse(response, progress) -> Iterator[tuple[str | None, str]]:
+    """Yield (event, data) from a server-sent-events body, checking the attempt's deadline on
+    every network chunk (so a server that trickles keep-alives forever still times out)."""
+    buffer = b""
+    event: str | None = None
+    data: list[str] = []
+    for chunk in response.iter_bytes():
+        progress.check()
+        buffer += chunk
+        while True:
+            cut = buffer.find(b"\n")
+            if cut < 0:
+                break
+            line, buffer = buffer[:cut].rstrip(b"\r"), buffer[cut + 1 :]
+            if not line:
+                if data:
+                    yield event, "\n".join(data)
+                event, data = None, []
+                continue
+            if line.startswith(b":"):
+                continue  # a comment / keep-alive
+            name, _, value = line.partition(b":")
+            if value.startswith(b" "):
+                value = value[1:]
+            if name == b"data":
+                data.append(value.decode("utf-8"))
+            elif name == b"event":
+                event = value.decode("utf-8")
+    if data:
+        yield event, "\n".join(data)
+
+
+# --------------------------------------------------------------------------- clients
+
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _settings(request: LLMRequest) -> tuple[str | None, str]:
+    if request.provider == "openai":
+        base_url = request.base_url or os.environ.get("LLM_BASE_URL") or None
+        key = os.environ.get("LLM_API_KEY") or NO_KEY
+    elif request.provider == "anthropic":
+        base_url = request.base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        key = os.environ.get("ANTHROPIC_API_KEY") or NO_KEY
+    else:
+        raise ProviderError("bad_request", f"unknown provider {request.provider!r}", retryable=False)
+    return base_url, key
+
+
+def _client(provider: str, base_url: str | None, key: str):
+    cache_key = (provider, base_url, key)
+    client = _clients.get(cache_key)
+    if client is not None:
+        return client
+    with _clients_lock:
+        client = _clients.get(cache_key)
+        if client is None:
+            http = httpx2.Client(
+                limits=httpx2.Limits(**POOL_LIMITS),
+                timeout=httpx2.Timeout(60.0, connect=10.0),
+                follow_redirects=True,
+            )
+            cls = openai.OpenAI if provider == "openai" else anthropic.Anthropic
+            kwargs: dict = {"api_key": key, "max_retries": 0, "http_client": http}
+            if base_url:
+                kwargs["base_url"] = base_url
+            client = cls(**kwargs)
+            _clients[cache_key] = client
+    return client
+
+
+def clients_close() -> None:
+    """Close every cached client (tests, process shutdown)."""
+    with _clients_lock:
+        for client in _clients.values():
+            try:
+                client.close()
+            except Exception:
+                pass
+        _clients.clear()
+
+
+# --------------------------------------------------------------------------- error mapping
+
+
+def _retry_after(headers) -> float | None:
+    if not headers:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms:
+            return float(ms) / 1000.0
+    except (TypeError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except Exception:
+        return None
+
+
+def _error_fields(body) -> tuple[str, str, str]:
+    """(type, code, message) from an OpenAI or Anthropic error body."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    if not isinstance(body, dict):
+        return "", "", str(body or "")
+    return str(body.get("type") or ""), str(body.get("code") or ""), str(body.get("message") or "")
+
+
+def _classify(status: int | None, body, message: str) -> str:
+    etype, code, emsg = _error_fields(body)
+    text = " ".join((etype, code, emsg, message or "")).lower()
+    spend = any(word in text for word in _SPEND_WORDS)
+    if etype == "overloaded_error" or status == 529:
+        return "overloaded"
+    if status == 429 or etype in ("rate_limit_error", "rate_limit_exceeded"):
+        return "spend_cap" if spend or code == "insufficient_quota" else "rate_limit"
+    if status == 401 or etype == "authentication_error":
+        return "auth"
+    if status in (402,) or (status in (400, 403) and spend):
+        return "spend_cap"
+    if status == 403 or etype == "permission_error":
+        return "auth"
+    if status in (400, 413, 422) or etype == "invalid_request_error":
+        return "context_overflow" if any(word in text for word in _CONTEXT_WORDS) else "bad_request"
+    if status == 408:
+        return "timeout"
+    if status is not None and status >= 500:
+        return "server"
+    if status is not None and 400 <= status < 500:
+        return "bad_request"
+    if etype in ("api_error", "server_error") or status in (None, 200):
+        return "server"  # an error event in the middle of a stream
+    return "server"
+
+
+def _map_exception(exc: BaseException, started: bool) -> ProviderError:
+    """Map an SDK / transport exception to a ProviderError. `started`: the response had begun."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, _DeadlineExceeded):
+        return ProviderError("timeout", "the attempt ran past its total time budget")
+    if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError, httpx2.TimeoutException)):
+        return ProviderError("timeout", "no data from the provider within the timeout")
+    if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
+        status = exc.status_code
+        body = exc.body
+        message = _error_fields(body)[2] or str(exc)
+        # an "error" event inside a 200 stream carries the error in the body, not the status
+        kind = _classify(None if status == 200 else status, body, message)
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        return ProviderError(
+            kind, message, status=status if status != 200 else None,
+            retry_after=_retry_after(headers) if status != 200 else None, body=body,
+        )
+    if isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError, httpx2.TransportError)):
+        if started:
+            return ProviderError("dropped", f"the stream broke off: {exc.__cause__ or exc}")
+        return ProviderError("connection", f"could not reach the provider: {exc.__cause__ or exc}")
+    if isinstance(exc, (openai.APIError, anthropic.APIError)):
+        body = getattr(exc, "body", None)
+        message = _error_fields(body)[2] or str(exc)
+        return ProviderError(_classify(None, body, message), message, body=body)
+    if isinstance(exc, httpx2.HTTPError):
+        return ProviderError("dropped" if started else "connection", str(exc))
+    raise exc
+
+
+# --------------------------------------------------------------------------- JSON helpers
+
+
+def _json_from_text(text: str):
+    """Parse JSON from a reply: the whole text, a fenced block, or the outermost {...}."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    candidates = [text]
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    if fence:
+        candidates.append(fence.group(1).strip())
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        candidates.append(text[start : end + 1])
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def _tool_call(call_id, name, raw_args) -> dict:
+    if isinstance(raw_args, dict):
+        return {"id": call_id, "name": name, "arguments": raw_args}
+    raw_args = raw_args or ""
+    try:
+        args = json.loads(raw_args) if raw_args.strip() else {}
+    except ValueError:
+        args = None
+    if not isinstance(args, dict):
+        return {"id": call_id, "name": name, "arguments": {}, "arguments_raw": raw_args}
+    return {"id": call_id, "name": name, "arguments": args}
+
+
+# --------------------------------------------------------------------------- the call
+
+
+class _Progress:
+    """What one attempt has seen so far (for the result, or for the error's partial_text)."""
+
+    def __init__(self, request: LLMRequest, on_delta):
+        self.request = request
+        self.on_delta = on_delta
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + float(request.timeout_s)
+        self.parts: list[str] = []
+        self.first_text: float | None = None
+        self.first_event: float | None = None
+        self.started = False
+
+    def check(self):
+        if time.monotonic() > self.deadline:
+            raise _DeadlineExceeded()
+
+    def event(self):
+        if self.first_event is None:
+            self.first_event = time.monotonic()
+        self.check()
+
+    def text(self, delta: str):
+        if not delta:
+            return
+        if self.first_text is None:
+            self.first_text = time.monotonic()
+        self.parts.append(delta)
+        if self.on_delta is not None:
+            self.on_delta(delta)
+
+    def ms(self, t):
+        return None if t is None else int(round((t - self.t0) * 1000))
+
+    @property
+    def ttft_ms(self):
+        return self.ms(self.first_text if self.first_text is not None else self.first_event)
+
+    @property
+    def latency_ms(self):
+        return self.ms(time.monotonic())
+
+    def fail(self, error: ProviderError) -> ProviderError:
+        error.partial_text = "".join(self.parts)
+        error.ttft_ms = self.ttft_ms
+        error.latency_ms = self.latency_ms
+        return error
+
+
+def _timeout(request: LLMRequest) -> httpx2.Timeout:
+    total = max(0.05, float(request.timeout_s))
+    return httpx2.Timeout(total, connect=min(total, 10.0), pool=total)
+
+
+def llm_call(request: LLMRequest, on_delta: Callable[[str], None] | None = None) -> LLMResult:
+    """One attempt, streaming; text deltas go to on_delta as they arrive. Raises ProviderError.
+
+    No retries here (the SDKs' max_retries=0): the caller retries so that each attempt is logged
+    as its own row.
+    """
+    if request.provider not in PROVIDERS:
+        raise ProviderError("bad_request", f"unknown provider {request.provider!r}", retryable=False)
+    base_url, key = _settings(request)
+    client = _client(request.provider, base_url, key)
+    progress = _Progress(request, on_delta)
+    call = _openai_call if request.provider == "openai" else _anthropic_call
+    try:
+        return call(client, request, progress, base_url)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        try:
+            error = _map_exception(exc, progress.started)
+        except Exception:
+            raise exc
+        raise progress.fail(error) from exc
+
+
+def _stream_error(event: str | None, payload) -> ProviderError | None:
+    """An error delivered inside a 200 stream (OpenAI: {"error": ...}; Anthropic: event: error)."""
+    if isinstance(payload, dict) and (event == "error" or payload.get("type") == "error" or isinstance(payload.get("error"), dict)):
+        message = _error_fields(payload)[2] or "an error event in the stream"
+        return ProviderError(_classify(None, payload, message), message, body=payload)
+    return None
+
+
+# ----------------------------------------------------------------- OpenAI-compatible
+
+
+def _openai_kwargs(request: LLMRequest, base_url: str | None) -> dict:
+    params = dict(request.params or {})
+    kwargs: dict = {
+        "model": request.model,
+        "messages": [dict(m) for m in request.messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "timeout": _timeout(request),
+    }
+    if "max_tokens" in params:
+        value = params.pop("max_tokens")
+        # OpenAI's own API wants max_completion_tokens (reasoning models refuse max_tokens);
+        # local OpenAI-compatible servers understand max_tokens.
+        official = not base_url or "api.openai.com" in base_url
+        kwargs["max_completion_tokens" if official else "max_tokens"] = value
+    if request.tools:
+        kwargs["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": t.get("parameters") or {"type": "object", "properties": {}},
+                },
+            }
+            for t in request.tools
+        ]
+        params.setdefault("tool_choice", "auto")
+    if request.response_schema:
+        kwargs["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": request.response_schema["name"],
+                "schema": request.response_schema["schema"],
+                "strict": request.response_schema.get("strict", True),
+            },
+        }
+    extra = {}
+    for name, value in params.items():
+        if name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed", "stop",
+                    "tool_choice", "max_completion_tokens", "n", "logit_bias", "user", "parallel_tool_calls"):
+            kwargs[name] = value
+        else:
+            extra[name] = value  # server-specific (top_k, repeat_penalty, min_p, ...)
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
+
+def _openai_call(client, request: LLMRequest, progress: _Progress, base_url: str | None) -> LLMResult:
+    kwargs = _openai_kwargs(request, base_url)
+    model = request.model
+    response_id = None
+    finish = None
+    done = False
+    input_tokens = output_tokens = None
+    calls: dict[int, dict] = {}
+    # The SDK builds, authenticates and sends the request and maps error statuses; the body is
+    # parsed here (the SDK's typed chunk objects cost ~0.1 ms each, which adds up to whole cores
+    # at hundreds of streams per process).
+    with client.chat.completions.with_streaming_response.create(**kwargs) as response:
+        progress.started = True
+        for event, data in _sse(response, progress):
+            progress.event()
+            if done:
+                continue  # read to the end so the connection goes back to the pool
+            if data.startswith("[DONE]"):
+                done = True
+                continue
+            chunk = json.loads(data)
+            error = _stream_error(event, chunk)
+            if error is not None:
+                raise error
+            model = chunk.get("model") or model
+            response_id = chunk.get("id") or response_id
+            usage = chunk.get("usage")
+            if isinstance(usage, dict):
+                input_tokens = usage.get("prompt_tokens", input_tokens)
+                output_tokens = usage.get("completion_tokens", output_tokens)
+            for choice in chunk.get("choices") or []:
+                if (choice.get("index") or 0) != 0:
+                    continue
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    progress.text(delta["content"])
+                for position, tc in enumerate(delta.get("tool_calls") or []):
+                    index = tc.get("index") if tc.get("index") is not None else position
+                    slot = calls.setdefault(index, {"id": None, "name": "", "arguments": ""})
+                    if tc.get("id"):
+                        slot["id"] = tc["id"]
+                    function = tc.get("function") or {}
+                    if function.get("name") and not slot["name"]:
+                        slot["name"] = function["name"]
+                    arguments = function.get("arguments")
+                    if isinstance(arguments, dict):  # some local servers send the object whole
+                        arguments = json.dumps(arguments)
+                    if arguments:
+                        slot["arguments"] += arguments
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+    if finish is None or not done:
+        missing = "a finish reason" if finish is None else "[DONE]"
+        raise ProviderError("dropped", f"the stream ended without {missing}")
+    text = "".join(progress.parts)
+    tool_calls = [_tool_call(c["id"] or f"call_{i}", c["name"], c["arguments"]) for i, c in sorted(calls.items())]
+    parsed = _json_from_text(text) if request.response_schema else None
+    return _result(progress, text, tool_calls, parsed, model, response_id, finish, input_tokens, output_tokens)
+
+
+# ----------------------------------------------------------------- Anthropic
+
+
+def _anthropic_kwargs(request: LLMRequest) -> dict:
+    params = dict(request.params or {})
+    system_parts, messages = [], []
+    for message in request.messages:
+        if message.get("role") == "system":
+            system_parts.append(message.get("content") or "")
+        else:
+            messages.append({"role": message["role"], "content": message.get("content")})
+    kwargs: dict = {
+        "model": request.model,
+        "messages": messages,
+        "max_tokens": int(params.pop("max_tokens", None) or params.pop("max_completion_tokens", None) or ANTHROPIC_DEFAULT_MAX_TOKENS),
+        "stream": True,
+        "timeout": _timeout(request),
+    }
+    if system_parts:
+        kwargs["system"] = "\n\n".join(str(p) for p in system_parts)
+    tools = [
+        {
+            "name": t["name"],
+            "description": t.get("description", ""),
+            "input_schema": t.get("parameters") or {"type": "object", "properties": {}},
+        }
+        for t in request.tools or []
+    ]
+    if request.response_schema:
+        name = request.response_schema["name"]
+        tools.append(
+            {
+                "name": name,
+                "description": "Give the answer as this structured output.",
+                "input_schema": request.response_schema["schema"],
+            }
+        )
+        kwargs["tool_choice"] = {"type": "tool", "name": name}
+    if tools:
+        kwargs["tools"] = tools
+    if "stop" in params:
+        stop = params.pop("stop")
+        params["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop or [])
+    extra = {}
+    for name, value in params.items():
+        if name in _OPENAI_ONLY_PARAMS:
+            continue
+        if name in ("stop_sequences", "metadata", "system", "tool_choice", "thinking", "service_tier"):
+            kwargs[name] = value
+        else:
+            extra[name] = value  # temperature, top_p, top_k: not in this SDK's signature, sent as is
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
+
+def _anthropic_call(client, request: LLMRequest, progress: _Progress, base_url: str | None) -> LLMResult:
+    model = request.model
+    response_id = None
+    finish = None
+    stopped = False
+    input_tokens = output_tokens = None
+    blocks: dict[int, dict] = {}
+    with client.messages.with_streaming_response.create(**_anthropic_kwargs(request)) as response:
+        progress.started = True
+        for event, data in _sse(response, progress):
+            progress.event()
+            if event == "ping" or not data:
+                continue
+            payload = json.loads(data)
+            error = _stream_error(event, payload)
+            if error is not None:
+                raise error
+            kind = payload.get("type") or event
+            if kind == "message_start":
+                message = payload.get("message") or {}
+                model = message.get("model") or model
+                response_id = message.get("id")
+                usage = message.get("usage") or {}
+                input_tokens = usage.get("input_tokens", input_tokens)
+                output_tokens = usage.get("output_tokens", output_tokens)
+            elif kind == "content_block_start":
+                block = payload.get("content_block") or {}
+                index = payload.get("index", len(blocks))
+                if block.get("type") == "tool_use":
+                    blocks[index] = {"type": "tool_use", "id": block.get("id"), "name": block.get("name") or "",
+                                     "json": "", "input": block.get("input")}
+                else:
+                    blocks[index] = {"type": block.get("type")}
+                    if block.get("type") == "text" and block.get("text"):
+                        progress.text(block["text"])
+            elif kind == "content_block_delta":
+                delta = payload.get("delta") or {}
+                if delta.get("type") == "text_delta":
+                    progress.text(delta.get("text") or "")
+                elif delta.get("type") == "input_json_delta":
+                    index = payload.get("index", 0)
+                    blocks.setdefault(index, {"type": "tool_use", "id": None, "name": "", "json": "", "input": None})
+                    blocks[index]["json"] += delta.get("partial_json") or ""
+            elif kind == "message_delta":
+                delta = payload.get("delta") or {}
+                finish = delta.get("stop_reason") or finish
+                usage = payload.get("usage") or {}
+                if usage.get("output_tokens") is not None:
+                    output_tokens = usage["output_tokens"]
+                if usage.get("input_tokens") is not None:
+                    input_tokens = usage["input_tokens"]
+            elif kind == "message_stop":
+                stopped = True
+    if not stopped or finish is None:
+        missing = "message_stop" if not stopped else "a stop reason"
+        raise ProviderError("dropped", f"the stream ended without {missing}")
+    text = "".join(progress.parts)
+    tool_calls = []
+    for index in sorted(blocks):
+        block = blocks[index]
+        if block["type"] != "tool_use":
+            continue
+        raw = block["json"] if block["json"] else (block["input"] or {})
+        tool_calls.append(_tool_call(block["id"] or f"toolu_{index}", block["name"], raw))
+    parsed = None
+    if request.response_schema:
+        name = request.response_schema["name"]
+        forced = [c for c in tool_calls if c["name"] == name]
+        if forced:
+            parsed = forced[0]["arguments"]
+            tool_calls = [c for c in tool_calls if c is not forced[0]]
+        else:
+            parsed = _json_from_text(text)
+    return _result(progress, text, tool_calls, parsed, model, response_id, finish, input_tokens, output_tokens)
+
+
+# ----------------------------------------------------------------- result
+
+
+def _result(progress, text, tool_calls, parsed, model, response_id, finish, input_tokens, output_tokens) -> LLMResult:
+    latency_ms = progress.latency_ms
+    ttft_ms = progress.ttft_ms
+    summary = {
+        "id": response_id,
+        "model": model,
+        "finish_reason": finish,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        "text": text,
+        "tool_calls": tool_calls,
+    }
+    if parsed is not None:
+        summary["parsed"] = parsed
+    return LLMResult(
+        text=text,
+        tool_calls=tool_calls,
+        parsed=parsed,
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        finish_reason=finish,
+        ttft_ms=ttft_ms,
+        latency_ms=latency_ms,
+        response=summary,
+    )

@@ -1,0 +1,54 @@
+"""Reads on conversations."""
+from dataclasses import dataclass
+
+from django.db.models import Sum
+from django.utils import timezone
+
+from studies.protocol import Protocol
+
+from .models import Conversation, LLMCall, Turn
+
+
+@dataclass(frozen=True)
+class ConversationUsage:
+    turns_used: int
+    turns_max: int | None
+    seconds_left: int | None
+    tokens_used: int
+    tokens_max: int | None
+    end_reason: str  # '' while the conversation is open
+
+    @property
+    def turns_left(self) -> int | None:
+        return None if self.turns_max is None else max(0, self.turns_max - self.turns_used)
+
+
+def conversation_usage(*, conversation: Conversation) -> ConversationUsage:
+    """Return what the conversation has used of its arm's limits, and why it ended if it did."""
+    limits = Protocol(conversation.version.spec).arms[conversation.arm].get("limits") or {}
+    turns_used = conversation.turns.filter(author=Turn.Author.PARTICIPANT).count()
+    tokens = LLMCall.objects.filter(turn__conversation=conversation).aggregate(
+        i=Sum("input_tokens"), o=Sum("output_tokens")
+    )
+    tokens_used = (tokens["i"] or 0) + (tokens["o"] or 0)
+    seconds_left = None
+    if limits.get("minutes"):
+        elapsed = (timezone.now() - conversation.started_at).total_seconds()
+        seconds_left = max(0, int(limits["minutes"] * 60 - elapsed))
+    pending = conversation.turns.filter(author=Turn.Author.PARTICIPANT, status=Turn.Status.PENDING).exists()
+    end_reason = conversation.end_reason
+    if not end_reason:
+        if limits.get("turns") and turns_used >= limits["turns"] and not pending:
+            end_reason = Conversation.EndReason.TURNS
+        elif seconds_left == 0:
+            end_reason = Conversation.EndReason.MINUTES
+        elif limits.get("tokens") and tokens_used >= limits["tokens"]:
+            end_reason = Conversation.EndReason.TOKENS
+    return ConversationUsage(
+        turns_used=turns_used, turns_max=limits.get("turns"), seconds_left=seconds_left,
+        tokens_used=tokens_used, tokens_max=limits.get("tokens"), end_reason=end_reason,
+    )
+
+
+def conversation_transcript(*, conversation: Conversation) -> list[Turn]:
+    return list(conversation.turns.order_by("id"))

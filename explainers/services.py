@@ -1,0 +1,308 @@
+"""Writes of the explainer: conversations, participants' turns, and the reply to a turn.
+
+`reply_generate` is the worker's job. It is safe to run twice for one turn: the turn's status, a
+Redis lease held while a provider call is in flight, and the unique `Turn.reply_to` make sure a
+turn gets exactly one reply. It makes one provider attempt per run; a retryable failure asks the
+task to run again after a backoff (docs/chat.md explains the timing budget).
+"""
+import logging
+import random
+import secrets
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from studies.models import StudyVersion
+from studies.protocol import Protocol
+
+from .endpoints import llm_endpoint
+from .models import Conversation, LLMCall, Turn
+from .policies import chat_messages
+from .providers import LLMRequest, ProviderError, llm_call
+from .selectors import conversation_usage
+from .streaming import TurnStream, _sync_client
+
+logger = logging.getLogger(__name__)
+
+REPLY = "reply"
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 8.0
+RETRY_AFTER_CAP_S = 120.0
+LEASE_RENEW_EVERY_S = 2.0
+
+# Worker threads hold a database connection only inside these slots, never across a provider call.
+_db_slots = threading.BoundedSemaphore(settings.WORKER_DB_SLOTS)
+
+
+class LimitReached(Exception):
+    """The conversation reached one of its arm's limits; `reason` says which."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TurnInFlight(Exception):
+    """The previous message is still waiting for its reply."""
+
+
+class ArmUnavailable(Exception):
+    """No language model is configured for this arm."""
+
+
+@dataclass(frozen=True)
+class ReplyOutcome:
+    state: str                    # answered | failed | retry | skipped | busy
+    retry_in_s: float | None = None
+
+
+@contextmanager
+def _db():
+    """Hold one of the worker's database slots, and give the connection back afterwards."""
+    with _db_slots:
+        try:
+            yield
+        finally:
+            connection.close()
+
+
+def conversation_start(*, version: StudyVersion, arm_id: str, language: str) -> Conversation:
+    arm = Protocol(version.spec).arms[arm_id]
+    endpoint = llm_endpoint(arm.get("llm")) if arm["kind"] == "chat" else None
+    if endpoint is None:
+        raise ArmUnavailable(arm_id)
+    return Conversation.objects.create(
+        version=version, version_sha256=version.sha256, arm=arm_id, language=language, scripted=endpoint.scripted
+    )
+
+
+def conversation_end(*, conversation: Conversation, reason: str) -> None:
+    if not conversation.ended_at:
+        conversation.ended_at = timezone.now()
+        conversation.end_reason = reason
+        conversation.save(update_fields=["ended_at", "end_reason"])
+
+
+def turn_create(*, conversation: Conversation, text: str, nonce: str = "") -> Turn:
+    """Save a participant's message and queue its reply. A repeated nonce returns the first turn.
+
+    Call inside a transaction that holds the participant's row lock.
+    """
+    if nonce:
+        existing = conversation.turns.filter(client_nonce=nonce).first()
+        if existing is not None:
+            return existing
+    usage = conversation_usage(conversation=conversation)
+    if usage.end_reason:
+        conversation_end(conversation=conversation, reason=usage.end_reason)
+        raise LimitReached(usage.end_reason)
+    if usage.turns_max is not None and usage.turns_used >= usage.turns_max:
+        raise LimitReached(Conversation.EndReason.TURNS)
+    if conversation.turns.filter(author=Turn.Author.PARTICIPANT, status=Turn.Status.PENDING).exists():
+        raise TurnInFlight()
+    turn = Turn.objects.create(
+        conversation=conversation, author=Turn.Author.PARTICIPANT, text=text, status=Turn.Status.PENDING,
+        client_nonce=nonce, enqueued_at=timezone.now(),
+    )
+    _enqueue_on_commit(turn.id)
+    return turn
+
+
+def turn_retry(*, turn: Turn) -> Turn:
+    """Send a failed turn again (the participant's text was kept). Call with the participant's row locked."""
+    if turn.status != Turn.Status.FAILED:
+        return turn
+    turn.status = Turn.Status.PENDING
+    turn.error_kind = ""
+    turn.not_before = None
+    turn.enqueued_at = timezone.now()
+    turn.save(update_fields=["status", "error_kind", "not_before", "enqueued_at"])
+    TurnStream(turn.id).publish("reset")
+    _enqueue_on_commit(turn.id)
+    return turn
+
+
+def _enqueue_on_commit(turn_id: int) -> None:
+    from .tasks import reply_generate_task
+
+    transaction.on_commit(lambda: reply_generate_task.delay(turn_id))
+
+
+def reply_generate(*, turn_id: int) -> ReplyOutcome:
+    """Make one provider attempt at the reply to a participant's turn and store what came of it."""
+    with _db():
+        turn = Turn.objects.select_related("conversation__version").filter(pk=turn_id).first()
+        if turn is None or turn.status != Turn.Status.PENDING:
+            return ReplyOutcome("skipped")  # answered, failed, or gone: a second delivery adds nothing
+        if turn.not_before and turn.not_before > timezone.now():
+            return ReplyOutcome("retry", (turn.not_before - timezone.now()).total_seconds())
+        lease = _Lease(turn_id, ttl_s=_attempt_budget_s(turn) + 5)
+        if not lease.acquire():
+            return ReplyOutcome("busy")  # another worker is on it; the sweeper covers it if that one dies
+        conversation = turn.conversation
+        llm = Protocol(conversation.version.spec).arms[conversation.arm]["llm"]
+        endpoint = llm_endpoint(llm)
+        if endpoint is None:
+            lease.release()
+            return _fail(turn, "unavailable", TurnStream(turn_id))
+        request = LLMRequest(
+            provider=endpoint.provider, model=llm["model"], messages=chat_messages(conversation=conversation, upto=turn),
+            params=dict(llm["params"]), base_url=endpoint.base_url, timeout_s=_attempt_budget_s(turn),
+        )
+        previous = list(turn.llm_calls.filter(purpose=REPLY).values_list("status", flat=True))
+        call = LLMCall.objects.create(
+            turn=turn, purpose=REPLY, attempt=len(previous) + 1, provider=endpoint.provider, model=llm["model"],
+            scripted=endpoint.scripted, request=_request_log(request), started_at=timezone.now(),
+            version_sha256=conversation.version_sha256,
+        )
+        failures = sum(1 for status in previous if status == LLMCall.Status.ERROR)
+    stream = TurnStream(turn_id)
+    if previous:
+        stream.publish("reset")  # a new attempt: the browser drops what an earlier one showed
+    started = time.monotonic()
+
+    def on_delta(text: str) -> None:
+        stream.delta(text)
+        lease.renew()
+
+    try:
+        result = llm_call(request, on_delta=on_delta)
+    except ProviderError as error:
+        lease.release()
+        return _attempt_failed(turn, call, error, failures + 1, llm, stream)
+    lease.release()
+    return _attempt_succeeded(turn, call, result, llm, endpoint.scripted, stream, started)
+
+
+def _attempt_budget_s(turn: Turn) -> float:
+    llm = Protocol(turn.conversation.version.spec).arms[turn.conversation.arm]["llm"]
+    return float(llm["timeout_s"])  # at most studies.spec.LLM_TIMEOUT_MAX_S, by the file's schema
+
+
+def _request_log(request: LLMRequest) -> dict:
+    return {
+        "provider": request.provider, "model": request.model, "messages": request.messages,
+        "params": request.params, "tools": request.tools, "response_schema": request.response_schema,
+        "base_url": request.base_url, "timeout_s": request.timeout_s,
+    }
+
+
+def _cost(llm: dict, input_tokens: int | None, output_tokens: int | None) -> Decimal:
+    prices = llm["prices"]
+    total = Decimal(str(prices["input_per_mtok"])) * (input_tokens or 0)
+    total += Decimal(str(prices["output_per_mtok"])) * (output_tokens or 0)
+    return (total / Decimal(1_000_000)).quantize(Decimal("0.000001"))
+
+
+def _attempt_succeeded(turn, call, result, llm, scripted, stream, started) -> ReplyOutcome:
+    now = timezone.now()
+    first_token_at = now - timedelta(milliseconds=result.latency_ms - (result.ttft_ms or result.latency_ms))
+    with _db(), transaction.atomic():
+        locked = Turn.objects.select_for_update().get(pk=turn.pk)
+        LLMCall.objects.filter(pk=call.pk).update(
+            status=LLMCall.Status.OK, response=result.response, model_reported=result.model or "",
+            ttft_ms=result.ttft_ms, latency_ms=result.latency_ms, input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens, cost_usd=_cost(llm, result.input_tokens, result.output_tokens),
+        )
+        if locked.status != Turn.Status.PENDING:
+            return ReplyOutcome("skipped")
+        reply = Turn.objects.create(
+            conversation_id=turn.conversation_id, author=Turn.Author.EXPLAINER, text=result.text, reply_to=locked,
+            status=Turn.Status.COMPLETE, scripted=scripted, first_token_at=first_token_at, completed_at=now,
+        )
+        locked.status = Turn.Status.ANSWERED
+        locked.save(update_fields=["status"])
+        conversation = locked.conversation
+        usage = conversation_usage(conversation=conversation)
+        if usage.end_reason:
+            conversation_end(conversation=conversation, reason=usage.end_reason)
+    stream.publish("done", reply_id=reply.id)
+    return ReplyOutcome("answered")
+
+
+def _attempt_failed(turn, call, error: ProviderError, failures: int, llm, stream) -> ReplyOutcome:
+    with _db():
+        LLMCall.objects.filter(pk=call.pk).update(
+            status=LLMCall.Status.ERROR, error_kind=error.kind, error=str(error)[:2000], http_status=error.status,
+            retry_after_s=error.retry_after, ttft_ms=getattr(error, "ttft_ms", None),
+            latency_ms=getattr(error, "latency_ms", None), response={"partial_text": error.partial_text or ""},
+        )
+        logger.warning("reply attempt failed: turn %s attempt %s %s", turn.pk, call.attempt, error.kind)
+        if error.retryable and failures <= int(llm["max_retries"]):
+            delay = _backoff_s(failures, error.retry_after)
+            Turn.objects.filter(pk=turn.pk, status=Turn.Status.PENDING).update(
+                not_before=timezone.now() + timedelta(seconds=delay)
+            )
+            stream.publish("retrying", in_s=round(delay, 1))
+            return ReplyOutcome("retry", delay)
+        return _fail(turn, error.kind, stream)
+
+
+def _fail(turn: Turn, kind: str, stream: TurnStream) -> ReplyOutcome:
+    Turn.objects.filter(pk=turn.pk, status=Turn.Status.PENDING).update(status=Turn.Status.FAILED, error_kind=kind)
+    stream.publish("failed", error=kind)
+    return ReplyOutcome("failed")
+
+
+def _backoff_s(failures: int, retry_after: float | None) -> float:
+    """Exponential backoff with jitter; a provider's Retry-After wins when it asks for longer."""
+    delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (failures - 1)) + random.uniform(0, 0.5)
+    if retry_after:
+        delay = max(delay, min(float(retry_after), RETRY_AFTER_CAP_S))
+    return delay
+
+
+def turns_sweep() -> list[int]:
+    """Queue again the turns left without a reply (broker flushed, worker lost); return their ids."""
+    stale = timezone.now() - timedelta(seconds=settings.TURN_SWEEP_STALE_S)
+    with _db():
+        candidates = list(
+            Turn.objects.filter(status=Turn.Status.PENDING, enqueued_at__lt=stale).values_list("id", "not_before")
+        )
+        requeued = []
+        for turn_id, not_before in candidates:
+            if _Lease(turn_id, ttl_s=1).held():
+                continue
+            Turn.objects.filter(pk=turn_id, status=Turn.Status.PENDING).update(enqueued_at=timezone.now())
+            requeued.append(turn_id)
+    from .tasks import reply_generate_task
+
+    for turn_id in requeued:
+        reply_generate_task.delay(turn_id)
+    if requeued:
+        logger.info("sweeper queued %d turn(s) again", len(requeued))
+    return requeued
+
+
+class _Lease:
+    """A short Redis lease on a turn: at most one provider call in flight per turn."""
+
+    def __init__(self, turn_id: int, *, ttl_s: float):
+        self.key = f"teachback:turn:{turn_id}:lease"
+        self.token = secrets.token_hex(8)
+        self.ttl_ms = int(ttl_s * 1000)
+        self._renewed = 0.0
+
+    def acquire(self) -> bool:
+        self._renewed = time.monotonic()
+        return bool(_sync_client().set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    def renew(self) -> None:
+        if time.monotonic() - self._renewed >= LEASE_RENEW_EVERY_S:
+            self._renewed = time.monotonic()
+            _sync_client().pexpire(self.key, self.ttl_ms)
+
+    def release(self) -> None:
+        client = _sync_client()
+        if client.get(self.key) == self.token.encode():
+            client.delete(self.key)
+
+    def held(self) -> bool:
+        return bool(_sync_client().exists(self.key))

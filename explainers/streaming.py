@@ -1,0 +1,78 @@
+"""The live channel of a reply: the worker publishes events on Redis, the participant's
+server-sent-events connection relays them.
+
+Every event also goes onto a short-lived list, so a connection opened mid-stream (a reload)
+first replays what was said so far and then follows the channel; `seq` removes the overlap.
+"""
+import json
+from functools import lru_cache
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+BACKLOG_TTL_S = 3600
+
+
+def _channel(turn_id: int) -> str:
+    return f"teachback:turn:{turn_id}:events"
+
+
+def _backlog(turn_id: int) -> str:
+    return f"teachback:turn:{turn_id}:backlog"
+
+
+@lru_cache(maxsize=1)
+def _sync_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, max_connections=1000, health_check_interval=30)
+
+
+class TurnStream:
+    """The publishing side, used by the worker for one attempt at one reply."""
+
+    def __init__(self, turn_id: int):
+        self.turn_id = turn_id
+        self.seq = _sync_client().llen(_backlog(turn_id))
+
+    def publish(self, kind: str, **data) -> None:
+        event = json.dumps({"seq": self.seq, "kind": kind, **data}, ensure_ascii=False)
+        self.seq += 1
+        pipe = _sync_client().pipeline(transaction=False)
+        pipe.rpush(_backlog(self.turn_id), event)
+        pipe.expire(_backlog(self.turn_id), BACKLOG_TTL_S)
+        pipe.publish(_channel(self.turn_id), event)
+        pipe.execute()
+
+    def delta(self, text: str) -> None:
+        self.publish("delta", text=text)
+
+
+def stream_publish(turn_id: int, kind: str, **data) -> None:
+    TurnStream(turn_id).publish(kind, **data)
+
+
+async def stream_follow(turn_id: int, *, keepalive_s: float = 10.0):
+    """Yield the turn's events (dicts) in order from the start, then live; yield None every
+    `keepalive_s` without news so the caller can send a keep-alive and re-check the database."""
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    pubsub = client.pubsub()
+    try:
+        await pubsub.subscribe(_channel(turn_id))  # subscribe first: nothing published after the replay is missed
+        next_seq = 0
+        for raw in await client.lrange(_backlog(turn_id), 0, -1):
+            event = json.loads(raw)
+            if event["seq"] >= next_seq:
+                next_seq = event["seq"] + 1
+                yield event
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=keepalive_s)
+            if message is None:
+                yield None
+                continue
+            event = json.loads(message["data"])
+            if event["seq"] >= next_seq:
+                next_seq = event["seq"] + 1
+                yield event
+    finally:
+        await pubsub.aclose()
+        await client.aclose()

@@ -1,0 +1,106 @@
+"""The chat of the explanation step: send a message, send a failed one again, follow a reply live.
+
+The reply itself is written by a Celery worker; these views only save the participant's turn and
+relay the worker's events (server-sent events, served by the ASGI app so no thread waits on them).
+"""
+import json
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_GET, require_POST
+
+from explainers.models import Turn
+from explainers.services import ArmUnavailable, LimitReached, TurnInFlight
+from explainers.streaming import stream_follow
+
+from . import services
+from .chat_display import limit_message, reply_html, usage_view
+from .models import Participant, Step
+from .selectors import participant_chat_turn, participant_get_by_token
+from .views import _session_key, participant_page
+
+KEEPALIVE_S = 10.0
+
+
+@require_POST
+@participant_page(Step.EXPLANATION)
+def chat_send(request: HttpRequest, participant: Participant) -> HttpResponse:
+    text = request.POST.get("text", "").strip()
+    if len(text) > settings.CHAT_MESSAGE_MAX_CHARS:
+        return JsonResponse({"error": "too_long", "message": _(
+            "Your message is too long (at most %(n)s characters). Please shorten it."
+        ) % {"n": settings.CHAT_MESSAGE_MAX_CHARS}}, status=413)
+    if not text:
+        return JsonResponse({"error": "empty", "message": _("Please type a message.")}, status=400)
+    try:
+        turn = services.chat_send(participant_id=participant.pk, text=text, nonce=request.POST.get("nonce", "")[:64])
+    except LimitReached as limit:
+        return JsonResponse({"error": "limit", "message": limit_message(limit.reason)}, status=409)
+    except TurnInFlight:
+        return JsonResponse({"error": "busy", "message": _("Please wait for the answer to your last message.")}, status=409)
+    except ArmUnavailable:
+        return JsonResponse({"error": "unavailable", "message": _("The chat is not available right now.")}, status=503)
+    return JsonResponse({"turn": turn.id, "status": turn.status}, status=202)
+
+
+@require_POST
+@participant_page(Step.EXPLANATION)
+def chat_retry(request: HttpRequest, participant: Participant, turn_id: int) -> HttpResponse:
+    try:
+        turn = services.chat_retry(participant_id=participant.pk, turn_id=turn_id)
+    except Turn.DoesNotExist:
+        return JsonResponse({"error": "not_found"}, status=404)
+    return JsonResponse({"turn": turn.id, "status": turn.status}, status=202)
+
+
+def _event(kind: str, data: dict) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _final_event(turn_id: int) -> str | None:
+    """The event that ends the stream if the turn is settled in the database, else None."""
+    turn = Turn.objects.select_related("reply", "conversation").filter(pk=turn_id).first()
+    if turn is None:
+        return _event("failed", {"error": "gone"})
+    if turn.status == Turn.Status.ANSWERED:
+        return _event("done", {"html": reply_html(turn.reply.text), "usage": usage_view(turn.conversation)})
+    if turn.status == Turn.Status.FAILED:
+        return _event("failed", {"error": turn.error_kind, "usage": usage_view(turn.conversation)})
+    return None
+
+
+async def _relay(turn_id: int):
+    final = await sync_to_async(_final_event)(turn_id)
+    if final:
+        yield final
+        return
+    yield ": open\n\n"
+    async for event in stream_follow(turn_id, keepalive_s=KEEPALIVE_S):
+        if event is None or event["kind"] in ("done", "failed"):
+            final = await sync_to_async(_final_event)(turn_id)
+            if final:
+                yield final
+                return
+            yield ": keep-alive\n\n"
+            continue
+        yield _event(event["kind"], {k: v for k, v in event.items() if k in ("text", "in_s")})
+
+
+def _participant_for(request: HttpRequest, slug: str) -> Participant | None:
+    participant = participant_get_by_token(token=request.session.get(_session_key(slug), ""))
+    return participant if participant is not None and participant.study.slug == slug else None
+
+
+@require_GET
+async def chat_events(request: HttpRequest, slug: str, turn_id: int) -> HttpResponse:
+    """Server-sent events of one reply: what streamed so far, then live deltas, then the final HTML."""
+    participant = await sync_to_async(_participant_for)(request, slug)
+    turn = participant and await sync_to_async(participant_chat_turn)(participant=participant, turn_id=turn_id)
+    if not turn:
+        return HttpResponse(status=404)
+    response = StreamingHttpResponse(_relay(turn.id), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

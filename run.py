@@ -397,8 +397,26 @@ def prepare_database(env: dict[str, str], port: int) -> bool:
     return created.returncode == 0
 
 
+def llm_configured() -> bool:
+    return bool(os.environ.get("LLM_BASE_URL") or os.environ.get("LLM_API_KEY") or os.environ.get("ANTHROPIC_API_KEY"))
+
+
+def start_scripted_llm(children: Children, env: dict[str, str]) -> str:
+    """Start the scripted demo model (explainers/fakellm.py) on a free loopback port; return its URL."""
+    port_file = VAR / "scripted-llm.port"
+    port_file.unlink(missing_ok=True)
+    children.start(
+        "scripted-llm",
+        ["python", "-m", "explainers.fakellm", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)],
+        env,
+    )
+    if not wait_until(lambda: port_file.exists() and port_file.read_text().strip(), 15.0, 0.05):
+        raise SetupError("the scripted demo model did not start (see var/log/scripted-llm.log)")
+    return f"http://127.0.0.1:{port_file.read_text().strip()}"
+
+
 def start_app(children: Children, env: dict[str, str], port: int) -> None:
-    """Start uvicorn and the Celery worker; return once /healthz answers 200."""
+    """Start uvicorn and the Celery worker (with its beat: the sweeper); return once /healthz answers 200."""
     children.start(
         "web",
         # No access log: participant URLs carry the Prolific PID in the query string.
@@ -407,7 +425,8 @@ def start_app(children: Children, env: dict[str, str], port: int) -> None:
     )
     children.start(
         "worker",
-        ["celery", "-A", "config", "worker", "--pool", "threads", "--concurrency", "20", "--loglevel", "INFO"],
+        ["celery", "-A", "config", "worker", "--pool", "threads", "--concurrency", "50", "--loglevel", "INFO",
+         "-B", "-s", str(VAR / "celerybeat-schedule")],
         env,
     )
     health = f"http://127.0.0.1:{port}/healthz"
@@ -438,7 +457,10 @@ def print_banner(port: int, researcher_ready: bool) -> None:
         f"  username: {RESEARCHER}",
         f"  password: {password}" + ("" if researcher_ready else "   (researcher_create failed: see above)"),
         "",
-        f"LLM: real, at {llm}" if llm else "LLM: none configured (LLM_BASE_URL unset): replies are scripted",
+        f"LLM: real, at {llm}" if llm else (
+            "LLM: none configured (LLM_BASE_URL unset): the chat arm answers from a scripted demo model,\n"
+            "     and every chat page and LLM-call record says so"
+        ),
         f"Logs: {LOGS.relative_to(ROOT)}/web.log, worker.log (and redis.log if started here)",
         "Data: var/demo.sqlite3.  Stop with Ctrl-C.",
         "=" * 78,
@@ -470,6 +492,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         env = demo_env(port)
         env["REDIS_URL"] = choose_redis(children, env)
         (VAR / "demo-redis-url").write_text(env["REDIS_URL"] + "\n")
+        if not llm_configured():
+            env["SCRIPTED_LLM_URL"] = start_scripted_llm(children, env)
         researcher_ready = prepare_database(env, port)
         start_app(children, env, port)
         print_banner(port, researcher_ready)

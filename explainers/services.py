@@ -145,7 +145,9 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
             return ReplyOutcome("retry", (turn.not_before - timezone.now()).total_seconds())
         lease = _Lease(turn_id, ttl_s=_attempt_budget_s(turn) + 5)
         if not lease.acquire():
-            return ReplyOutcome("busy")  # another worker is on it; the sweeper covers it if that one dies
+            # another worker is on it, or was (a killed worker's lease outlives it while its message is
+            # restored): look again once the lease can have expired; the sweeper stays the second line
+            return ReplyOutcome("busy", lease.remaining_s() + 0.5)
         conversation = turn.conversation
         llm = Protocol(conversation.version.spec).arms[conversation.arm]["llm"]
         endpoint = llm_endpoint(llm)
@@ -303,6 +305,9 @@ class _Lease:
         client = _sync_client()
         if client.get(self.key) == self.token.encode():
             client.delete(self.key)
+
+    def remaining_s(self) -> float:
+        return max(0.0, _sync_client().pttl(self.key) / 1000)
 
     def held(self) -> bool:
         return bool(_sync_client().exists(self.key))

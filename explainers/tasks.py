@@ -11,7 +11,7 @@ from . import services
 def reply_generate_task(self, turn_id: int) -> str:
     """Make one attempt at the reply to a turn; come back after the backoff when it can clear."""
     outcome = services.reply_generate(turn_id=turn_id)
-    if outcome.state == "retry":
+    if outcome.state == "retry" or (outcome.state == "busy" and not self.request.is_eager):
         raise self.retry(countdown=min(outcome.retry_in_s, settings.REPLY_MAX_COUNTDOWN_S))
     return outcome.state
 

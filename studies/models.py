@@ -31,6 +31,7 @@ class StudyVersion(models.Model):
     source = models.CharField(max_length=500, blank=True)
     target_sha256 = models.CharField(max_length=64, blank=True)
     target_keys = models.JSONField(default=dict, blank=True)
+    target_info = models.JSONField(default=dict, blank=True, help_text="what was frozen with the keys")
     created_at = models.DateTimeField(auto_now_add=True)
     launched_at = models.DateTimeField(null=True, blank=True)
 

@@ -52,7 +52,7 @@ def study_launch(*, slug: str, number: int | None = None) -> StudyVersion:
     if version.state != StudyVersion.State.DRAFT:
         raise StudyStateError(f"{slug} v{version.number} is {version.state}; only a draft can be launched")
     assets = {a.path: bytes(a.content) for a in version.assets.all()}
-    target_sha256, keys = target_keys(version.spec, assets)  # raises StudyFileInvalid on a bad target
+    target_sha256, keys, info = target_keys(version.spec, assets)  # raises StudyFileInvalid on a bad target
     with transaction.atomic():
         Study.objects.select_for_update().get(pk=version.study_id)
         version = StudyVersion.objects.select_for_update().get(pk=version.pk)
@@ -65,7 +65,8 @@ def study_launch(*, slug: str, number: int | None = None) -> StudyVersion:
         version.launched_at = timezone.now()
         version.target_sha256 = target_sha256 or ""
         version.target_keys = keys
-        version.save(update_fields=["state", "launched_at", "target_sha256", "target_keys"])
+        version.target_info = info
+        version.save(update_fields=["state", "launched_at", "target_sha256", "target_keys", "target_info"])
     return version
 
 

@@ -280,12 +280,40 @@ def _item_schema() -> dict:
     return _obj(properties, required=("id", "kind", "prompt"), allOf=kinds)
 
 
+def _llm_schema() -> dict:
+    """A language model: the one behind a chat or agentic arm, or an `llm` target."""
+    return _obj(
+        {
+            "provider": {"enum": list(LLM_PROVIDERS)},
+            "model": {"type": "string", "minLength": 1},
+            "base_url": {"type": ["string", "null"], "pattern": r"^https?://"},
+            "params": {
+                "type": "object",
+                "additionalProperties": {"type": ["number", "string", "boolean"]},
+                "description": "passed to the provider: temperature, max_tokens, top_p, ...",
+            },
+            "prices": _obj(
+                {
+                    "input_per_mtok": {"type": "number", "minimum": 0},
+                    "output_per_mtok": {"type": "number", "minimum": 0},
+                }
+            ),
+            "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": LLM_TIMEOUT_MAX_S},
+            "max_retries": {"type": "integer", "minimum": 0, "maximum": 5},
+            "context_tokens": {"type": "integer", "minimum": 512},
+        },
+        required=("model",),
+        description="a language model; keys come from the environment, never from the file",
+    )
+
+
 def _build_schema() -> dict:
     scalar = {"type": ["string", "number", "boolean", "null"]}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://teachback.invalid/schema/study-1.json",
         "title": "Teachback study file (study.yaml)",
+        "$defs": {"llm": _llm_schema()},
         "type": "object",
         "additionalProperties": False,
         "required": [
@@ -329,9 +357,9 @@ def _build_schema() -> dict:
             "target": {
                 "type": ["object", "null"],
                 "additionalProperties": False,
-                "required": ["kind", "estimator", "data", "features", "label"],
+                "required": ["kind", "features"],
                 "properties": {
-                    "kind": {"const": "sklearn"},
+                    "kind": {"enum": ["sklearn", "llm"]},
                     "estimator": {"enum": list(ESTIMATOR_TASKS)},
                     "params": {"type": "object", "additionalProperties": scalar},
                     "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
@@ -340,7 +368,28 @@ def _build_schema() -> dict:
                                  "minItems": 1, "uniqueItems": True},
                     "label": {"type": "string", "minLength": 1},
                     "feature_labels": {"type": "object", "additionalProperties": _text("Feature name.")},
+                    "prompt_template": {
+                        "type": "string", "minLength": 1,
+                        "description": "llm: the question put to the model, with {feature} placeholders",
+                    },
+                    "llm": {"$ref": "#/$defs/llm"},
                 },
+                "allOf": [
+                    {
+                        "if": {"properties": {"kind": {"const": "sklearn"}}, "required": ["kind"]},
+                        "then": {
+                            "required": ["estimator", "data", "label"],
+                            "propertyNames": {"not": {"enum": ["prompt_template", "llm"]}},
+                        },
+                    },
+                    {
+                        "if": {"properties": {"kind": {"const": "llm"}}, "required": ["kind"]},
+                        "then": {
+                            "required": ["prompt_template", "llm"],
+                            "propertyNames": {"not": {"enum": ["estimator", "params", "seed", "data", "label"]}},
+                        },
+                    },
+                ],
             },
             "items": {"type": "array", "items": _item_schema(), "minItems": 1},
             "instruments": _obj(
@@ -378,29 +427,7 @@ def _build_schema() -> dict:
                         ),
                         "options": {"type": "object"},
                         "system_prompt": _text("The explainer's instructions (never shown to participants)."),
-                        "llm": _obj(
-                            {
-                                "provider": {"enum": list(LLM_PROVIDERS)},
-                                "model": {"type": "string", "minLength": 1},
-                                "base_url": {"type": ["string", "null"], "pattern": r"^https?://"},
-                                "params": {
-                                    "type": "object",
-                                    "additionalProperties": {"type": ["number", "string", "boolean"]},
-                                    "description": "passed to the provider: temperature, max_tokens, top_p, ...",
-                                },
-                                "prices": _obj(
-                                    {
-                                        "input_per_mtok": {"type": "number", "minimum": 0},
-                                        "output_per_mtok": {"type": "number", "minimum": 0},
-                                    }
-                                ),
-                                "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": LLM_TIMEOUT_MAX_S},
-                                "max_retries": {"type": "integer", "minimum": 0, "maximum": 5},
-                                "context_tokens": {"type": "integer", "minimum": 512},
-                            },
-                            required=("model",),
-                            description="the language model behind a chat or agentic arm; keys come from the environment",
-                        ),
+                        "llm": {"$ref": "#/$defs/llm"},
                     },
                     required=("id", "kind"),
                     allOf=[
@@ -703,6 +730,9 @@ class _Checker:
         target = self.target
         if target is None:
             return
+        if target.get("kind") == "llm":
+            self.check_llm_target(target)
+            return
         params = _mapping(target.get("params"))
         if "random_state" in params:
             self.error(("target", "params", "random_state"), "is set by seed; remove it")
@@ -743,6 +773,14 @@ class _Checker:
         for feature in _mapping(target.get("feature_labels")):
             if isinstance(features, list) and feature not in features:
                 self.error(("target", "feature_labels", feature), "not one of target.features")
+
+    def check_llm_target(self, target: dict) -> None:
+        template, features = target.get("prompt_template"), target.get("features")
+        if not isinstance(template, str) or not isinstance(features, list):
+            return
+        for name in re.findall(r"{(\w+)}", template):
+            if name not in features:
+                self.error(("target", "prompt_template"), f"placeholder '{{{name}}}' is not one of target.features")
 
     def label_classes(self) -> list[str]:
         label = self.target.get("label") if self.target else None
@@ -812,7 +850,7 @@ class _Checker:
             for feature, value in given.items():
                 if feature not in features:
                     self.error(("items", i, "input", feature), "not a feature of the target")
-                elif not _is_number(value):
+                elif not _is_number(value) and self.target.get("kind") != "llm":
                     self.error(("items", i, "input", feature), "must be a number")
 
     # -- instruments
@@ -1005,7 +1043,7 @@ def _normalise(data: dict) -> dict:
 
     recruitment = data["recruitment"]
     target = data.get("target")
-    task = ESTIMATOR_TASKS[target["estimator"]] if target else None
+    task = ESTIMATOR_TASKS[target["estimator"]] if target and target["kind"] == "sklearn" else None
     arms = data["arms"]
     weights = sum(arm.get("weight", 1) for arm in arms)
     allocation = data.get("allocation") or {}
@@ -1037,6 +1075,13 @@ def _normalise(data: dict) -> dict:
             for c in data.get("concepts") or []
         ],
         "target": None if not target else {
+            "kind": "llm",
+            "task": None,
+            "prompt_template": target["prompt_template"],
+            "features": list(target["features"]),
+            "feature_labels": {f: text(v) for f, v in (target.get("feature_labels") or {}).items()},
+            "llm": _normalise_llm(target["llm"]),
+        } if target["kind"] == "llm" else {
             "kind": target["kind"],
             "estimator": target["estimator"],
             "task": task,

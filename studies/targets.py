@@ -116,10 +116,28 @@ def target_train(target: dict, assets: dict[str, bytes]) -> TrainedTarget:
     )
 
 
-def target_keys(spec: dict, assets: dict[str, bytes]) -> tuple[str | None, dict[str, object]]:
-    """Return (target sha256 or None, {item id: key}) for the predict items keyed `from_target`."""
+# Target kinds answered by another app (which may import this one): kind -> keys function.
+# `explainers` registers "llm" when Django starts, so launching asks the model through it.
+TARGET_KINDS = {}
+
+
+def target_kind_register(kind: str, keys) -> None:
+    """Register `keys(spec, assets) -> (sha256, {item id: key}, info)` for a target kind."""
+    TARGET_KINDS[kind] = keys
+
+
+def target_keys(spec: dict, assets: dict[str, bytes]) -> tuple[str | None, dict[str, object], dict]:
+    """Return (target sha256 or None, {item id: key}, info) for the predict items keyed `from_target`.
+
+    `info` records what else was frozen with the keys (for an `llm` target: the model as reported).
+    """
     if not spec.get("target"):
-        return None, {}
+        return None, {}, {}
+    kind = spec["target"]["kind"]
+    if kind != "sklearn":
+        if kind not in TARGET_KINDS:
+            raise StudyFileInvalid([SpecError("target.kind", f"no support for '{kind}' targets is installed")])
+        return TARGET_KINDS[kind](spec, assets)
     trained = target_train(spec["target"], assets)
     keyed = [(i, item) for i, item in enumerate(spec["items"])
              if item["kind"] == "predict" and item.get("key") == FROM_TARGET]
@@ -139,7 +157,7 @@ def target_keys(spec: dict, assets: dict[str, bytes]) -> tuple[str | None, dict[
         keys[item["id"]] = prediction
     if errors:
         raise StudyFileInvalid(errors)
-    return trained.sha256, keys
+    return trained.sha256, keys, {"kind": "sklearn", "sklearn": sklearn.__version__}
 
 
 def _read_csv(csv_bytes: bytes, features: list[str], label: str, task: str):

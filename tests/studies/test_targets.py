@@ -32,7 +32,7 @@ def test_training_is_deterministic(example):
 
 
 def test_from_target_keys_match_the_estimator(example):
-    sha256, keys = target_keys(example.spec, example.assets)
+    sha256, keys, _info = target_keys(example.spec, example.assets)
     trained = target_train(example.spec["target"], example.assets)
     assert sha256 == trained.sha256
     items = [i for i in example.spec["items"] if i["kind"] == "predict" and i["key"] == "from_target"]
@@ -86,7 +86,7 @@ def test_regression_keys_are_floats():
         "items": [{"id": "r1", "kind": "predict", "input": {"a": 2, "b": 4}, "options": None,
                    "key": "from_target", "tolerance": 0.5}],
     }
-    sha256, keys = target_keys(spec, {"d.csv": CSV})
+    sha256, keys, _info = target_keys(spec, {"d.csv": CSV})
     assert sha256 and keys == {"r1": pytest.approx(0.5)}
 
 
@@ -101,7 +101,7 @@ def test_predicted_label_outside_the_options_names_the_item(example):
 
 
 def test_no_target_gives_no_keys():
-    assert target_keys({"target": None, "items": []}, {}) == (None, {})
+    assert target_keys({"target": None, "items": []}, {}) == (None, {}, {})
 
 
 def test_missing_input_feature_is_an_error(example):

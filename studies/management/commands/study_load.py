@@ -1,7 +1,7 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
+from studies.management.study_file import study_file_or_error
 from studies.services import study_version_create
-from studies.spec import StudyFileInvalid, study_file_read
 
 
 class Command(BaseCommand):
@@ -11,10 +11,7 @@ class Command(BaseCommand):
         parser.add_argument("path")
 
     def handle(self, *args, path, **options):
-        try:
-            study_file = study_file_read(path)
-        except StudyFileInvalid as invalid:
-            raise CommandError(f"{len(invalid.errors)} error(s), nothing saved:\n{invalid}") from None
+        study_file = study_file_or_error(path, consequence=", nothing saved")
         version, created = study_version_create(study_file=study_file)
         verb = "loaded as" if created else "unchanged: already"
         self.stdout.write(f"{version.study.slug}: {verb} v{version.number} ({version.state}, sha256 {version.sha256})")

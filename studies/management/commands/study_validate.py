@@ -1,6 +1,6 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
-from studies.spec import StudyFileInvalid, study_file_read
+from studies.management.study_file import study_file_or_error
 
 
 class Command(BaseCommand):
@@ -10,10 +10,7 @@ class Command(BaseCommand):
         parser.add_argument("path")
 
     def handle(self, *args, path, **options):
-        try:
-            study_file = study_file_read(path)
-        except StudyFileInvalid as invalid:
-            raise CommandError(f"{len(invalid.errors)} error(s):\n{invalid}") from None
+        study_file = study_file_or_error(path)
         spec = study_file.spec
         self.stdout.write(f"{spec['slug']}: valid (sha256 {study_file.sha256}, {len(spec['items'])} items, "
                           f"{len(spec['arms'])} arms)")

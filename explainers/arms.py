@@ -1,7 +1,7 @@
-"""Which arm kinds this version of the platform can run."""
+"""Which arm kinds this version of the platform can run (the agentic arm is not built yet)."""
 from .endpoints import llm_endpoint
 
-AVAILABLE_ARM_KINDS = frozenset({"static", "chat"})
+AVAILABLE_ARM_KINDS = frozenset({"static", "chat", "tutor"})
 
 
 def arm_available(arm: dict) -> bool:
@@ -11,4 +11,4 @@ def arm_available(arm: dict) -> bool:
     """
     if arm["kind"] not in AVAILABLE_ARM_KINDS:
         return False
-    return arm["kind"] == "static" or llm_endpoint(arm.get("llm")) is not None
+    return arm["kind"] != "chat" or llm_endpoint(arm.get("llm")) is not None

@@ -12,6 +12,7 @@ class Conversation(models.Model):
         TURNS = "turns"
         MINUTES = "minutes"
         TOKENS = "tokens"
+        COMPLETE = "complete"  # the explainer summarised: nothing left to teach
 
     version = models.ForeignKey(StudyVersion, on_delete=models.PROTECT, related_name="conversations")
     version_sha256 = models.CharField(max_length=64)
@@ -21,6 +22,7 @@ class Conversation(models.Model):
     started_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True)
+    meeting_note = models.TextField(blank=True, help_text="the explainer's summary at the end of the step")
 
     def __str__(self) -> str:
         return f"conversation {self.pk} ({self.arm})"
@@ -48,6 +50,14 @@ class Turn(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices)
     client_nonce = models.CharField(max_length=64, blank=True)
     scripted = models.BooleanField(default=False)
+    act = models.CharField(max_length=16, blank=True, help_text="the explainer's pedagogical act")
+    concept = models.CharField(max_length=64, blank=True, help_text="the concept the explainer's turn targets")
+    check_item = models.CharField(max_length=64, blank=True, help_text="the practice item a check question asks")
+    answers_check = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="check_answers",
+        help_text="the explainer's check question this participant turn answers",
+    )
+    check_correct = models.BooleanField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     not_before = models.DateTimeField(null=True, blank=True, help_text="no provider call before (Retry-After)")
@@ -60,6 +70,10 @@ class Turn(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["conversation", "client_nonce"], condition=~Q(client_nonce=""), name="turn_nonce_unique"
+            ),
+            models.UniqueConstraint(
+                fields=["conversation"], condition=Q(author="explainer", reply_to__isnull=True),
+                name="turn_one_opening_per_conversation",
             ),
         ]
         indexes = [models.Index(fields=["status", "enqueued_at"])]
@@ -104,3 +118,44 @@ class LLMCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.purpose} attempt {self.attempt} ({self.status})"
+
+
+class LearnerModelSnapshot(models.Model):
+    """The explainer's belief about the participant after a turn (index 0: from the pre-test). Never updated."""
+
+    class Source(models.TextChoices):
+        PRETEST = "pretest"
+        RULES = "rules"
+        LLM = "llm"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="snapshots")
+    index = models.PositiveIntegerField()
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, null=True, blank=True, related_name="snapshots")
+    source = models.CharField(max_length=12, choices=Source.choices)
+    schema_version = models.PositiveSmallIntegerField()
+    state = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["conversation", "index"]
+        constraints = [models.UniqueConstraint(fields=["conversation", "index"], name="snapshot_index_unique")]
+
+    def __str__(self) -> str:
+        return f"snapshot {self.index} of conversation {self.conversation_id}"
+
+
+class PostTestPrediction(models.Model):
+    """The explainer's prediction of the participant's answer to a post-test item, made before the post-test."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="predictions")
+    item_id = models.CharField(max_length=64)
+    predicted_answer = models.JSONField(null=True, blank=True)
+    p_correct = models.FloatField()
+    source = models.CharField(max_length=12)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["conversation", "item_id"], name="prediction_one_per_item")]
+
+    def __str__(self) -> str:
+        return f"prediction {self.item_id}"

@@ -22,6 +22,7 @@ from django.utils import timezone
 from studies.models import StudyVersion
 from studies.protocol import Protocol
 
+from . import tutor
 from .endpoints import llm_endpoint
 from .models import Conversation, LLMCall, Turn
 from .policies import chat_messages
@@ -73,14 +74,32 @@ def _db():
             connection.close()
 
 
-def conversation_start(*, version: StudyVersion, arm_id: str, language: str) -> Conversation:
+def conversation_start(*, version: StudyVersion, arm_id: str, language: str,
+                       pretest: list[tuple[str, float]]) -> Conversation:
+    """Start the conversation of a chat or tutor arm; the tutor speaks first.
+
+    `pretest` is the participant's (concept, score) per pre-test item: the learner model starts from it.
+    """
     arm = Protocol(version.spec).arms[arm_id]
+    if arm["kind"] == "tutor":
+        conversation = Conversation.objects.create(
+            version=version, version_sha256=version.sha256, arm=arm_id, language=language
+        )
+        tutor.tutor_open(conversation=conversation, pretest=pretest)
+        return conversation
     endpoint = llm_endpoint(arm.get("llm")) if arm["kind"] == "chat" else None
     if endpoint is None:
         raise ArmUnavailable(arm_id)
     return Conversation.objects.create(
         version=version, version_sha256=version.sha256, arm=arm_id, language=language, scripted=endpoint.scripted
     )
+
+
+def conversation_finish(*, conversation: Conversation, post_items: list[dict]) -> None:
+    """End the explanation step: the explainer predicts the post-test answers and writes its note."""
+    conversation_end(conversation=conversation, reason=Conversation.EndReason.PARTICIPANT)
+    if Protocol(conversation.version.spec).arms[conversation.arm]["kind"] == "tutor":
+        tutor.tutor_finish(conversation=conversation, post_items=post_items)
 
 
 def conversation_end(*, conversation: Conversation, reason: str) -> None:
@@ -111,6 +130,10 @@ def turn_create(*, conversation: Conversation, text: str, nonce: str = "") -> Tu
         conversation=conversation, author=Turn.Author.PARTICIPANT, text=text, status=Turn.Status.PENDING,
         client_nonce=nonce, enqueued_at=timezone.now(),
     )
+    if Protocol(conversation.version.spec).arms[conversation.arm]["kind"] == "tutor":
+        tutor.tutor_reply(conversation=conversation, turn=turn)  # offline: answered at once
+        turn.refresh_from_db()
+        return turn
     _enqueue_on_commit(turn.id)
     return turn
 

@@ -205,8 +205,9 @@ def _conversation(participant: Participant):
     if participant.step != Step.EXPLANATION:
         raise StepError(participant.step)
     if participant.conversation is None:
+        pretest = [(r.concept, r.score) for r in participant.responses.filter(phase=Step.PRE_TEST) if r.score is not None]
         participant.conversation = explainer_services.conversation_start(
-            version=participant.version, arm_id=participant.arm, language=participant.language
+            version=participant.version, arm_id=participant.arm, language=participant.language, pretest=pretest
         )
         participant.save(update_fields=["conversation"])
     return participant.conversation
@@ -242,7 +243,9 @@ def explanation_finish(*, participant_id: int, client: str = "") -> Participant:
                 raise TooEarly(int(left.total_seconds()) + 1)
         _visit_submit(participant, page=Step.EXPLANATION, client=client)
         if conversation is not None:
-            explainer_services.conversation_end(conversation=conversation, reason="participant")
+            protocol = Protocol(participant.version.spec)
+            post_items = [protocol.items[i] for i in protocol.phase_item_ids(Step.POST_TEST, participant.form_order)]
+            explainer_services.conversation_finish(conversation=conversation, post_items=post_items)
         _advance(participant)
         return participant
 

@@ -257,7 +257,7 @@ def explanation(request: HttpRequest, participant: Participant) -> HttpResponse:
         material = bytes(asset.content).decode("utf-8") if asset else ""
     min_seconds = int(arm.get("limits", {}).get("min_seconds") or 0)
     waited = (timezone.now() - visit.first_shown_at).total_seconds()
-    chat = _chat_context(participant) if arm["kind"] == "chat" else None
+    chat = _chat_context(participant) if arm["kind"] in ("chat", "tutor") else None
     if chat and chat["usage"]["ended"]:
         min_seconds = 0
     return _page(request, "explanation.html", _context(
@@ -304,8 +304,11 @@ def debrief(request: HttpRequest, participant: Participant) -> HttpResponse:
         return HttpResponseRedirect(_finish_url(participant), status=303)
     services.page_visit_shown(participant=participant, page=Step.DEBRIEF)
     protocol = Protocol(participant.version.spec)
+    arm = protocol.arms.get(participant.arm) or {}
+    show_note = arm.get("options", {}).get("show_meeting_note") and participant.conversation
     return _page(request, "debrief.html", _context(
         participant, debrief_html=_md(participant, protocol.text(protocol.spec["debrief"], participant.language)),
+        meeting_note=participant.conversation.meeting_note if show_note else "",
     ))
 
 

@@ -397,6 +397,9 @@ def _build_schema() -> dict:
                     "pre_test": _forms("the test before the explanation"),
                     "post_test": _forms("the test after the explanation"),
                     "questionnaire": _item_id_list("items asked after the post-test"),
+                    "practice": _item_id_list(
+                        "the tutor's bank of check questions: scored items with a concept, used in no test"
+                    ),
                 },
                 required=("pre_test", "post_test"),
             ),
@@ -888,6 +891,18 @@ class _Checker:
                 self.error(path, f"unknown item '{ident}'")
             elif ident in questionnaire[:j]:
                 self.error(path, f"item '{ident}' is already in the questionnaire")
+        practice = instruments.get("practice")
+        tests = set(used_in["pre_test"]) | set(used_in["post_test"])
+        for j, ident in enumerate(practice if isinstance(practice, list) else []):
+            path = ("instruments", "practice", j)
+            if ident not in items:
+                self.error(path, f"unknown item '{ident}'")
+            elif ident in tests:
+                self.error(path, f"item '{ident}' is a test item; the practice bank must be disjoint from the tests")
+            elif items[ident].get("key") is None or not items[ident].get("concept"):
+                self.error(path, f"item '{ident}' needs a key and a concept to be a check question")
+            elif items[ident].get("kind") not in ("single_choice", "predict") or not items[ident].get("options"):
+                self.error(path, f"item '{ident}' must be a single_choice or predict item with options")
 
     # -- arms and files
 
@@ -1097,6 +1112,7 @@ def _normalise(data: dict) -> dict:
             "pre_test": {"forms": forms("pre_test")},
             "post_test": {"forms": forms("post_test")},
             "questionnaire": list(instruments.get("questionnaire") or []),
+            "practice": list(instruments.get("practice") or []),
         },
         "arms": [
             {

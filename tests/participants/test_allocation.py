@@ -70,13 +70,21 @@ def test_weights_are_honoured_in_every_block(launch):
     assert counts == {"static_0": 12, "static_1": 6, "static_2": 6}
 
 
-def test_only_arms_the_platform_can_run_are_allocated(launch):
+def test_only_arms_the_platform_can_run_are_allocated(launch, settings):
+    settings.SCRIPTED_LLM_URL = settings.LLM_BASE_URL = settings.LLM_API_KEY = ""  # no language model at all
     version = launch(lambda d: d["arms"][0]["limits"].update(min_seconds=0))
     kinds = {a["kind"] for a in version.spec["arms"]}
     assert kinds == {"static", "chat", "agentic", "tutor"}
     for n in range(8):
         _consent_only(version.study.slug, n)
-    assert set(Participant.objects.values_list("arm", flat=True)) == {"static"}
+    assert set(Participant.objects.values_list("arm", flat=True)) == {"static", "tutor"}
+
+
+def test_a_chat_arm_is_allocated_once_a_language_model_answers(launch, fake_llm):
+    version = launch(lambda d: d["arms"][0]["limits"].update(min_seconds=0))
+    for n in range(8):
+        _consent_only(version.study.slug, n)
+    assert set(Participant.objects.values_list("arm", flat=True)) == {"static", "chat", "tutor"}
 
 
 def test_after_pretest_allocation_is_stratified_by_pretest_band(launch, enter, step_through):

@@ -1,0 +1,126 @@
+"""The learner model: the explainer's belief about one participant, and the policy that reads it.
+
+A learner model is a JSON document (schema below, versioned). It starts from the pre-test (per
+concept: the proportion of that concept's items answered correctly) and is stored as a new
+snapshot after every participant turn. `next_move` chooses the explainer's next act from it; the
+`tutor` arm updates it by rule (`rule_update`), the `agentic` arm by a structured LLM call.
+"""
+import copy
+
+from jsonschema import Draft202012Validator
+
+SCHEMA_VERSION = 1
+ACTS = ("explain", "example", "analogy", "check", "correction", "summary")
+MASTERED = 0.7       # a concept at or above this mastery is taught
+EXPLAINED = 0.4      # below this, explain before checking
+PRIOR = 0.3          # a concept no pre-test item measured
+LEARN_RATE = 0.5     # a correct check moves mastery this share of the way to 1; a wrong one halves it
+
+SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://teachback.invalid/schema/learner-model-1.json",
+    "title": "Teachback learner model",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["schema_version", "concepts", "misconceptions", "background", "next_goal", "why"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "concepts": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["mastery", "evidence"],
+                "properties": {
+                    "mastery": {"type": "number", "minimum": 0, "maximum": 1},
+                    "evidence": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+        "misconceptions": {"type": "array", "items": {"type": "string"}},
+        "background": {"type": "string"},
+        "next_goal": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["concept", "act"],
+            "properties": {"concept": {"type": ["string", "null"]}, "act": {"enum": list(ACTS)}},
+        },
+        "why": {"type": "string", "description": "why the model changed at this turn"},
+    },
+}
+_validator = Draft202012Validator(SCHEMA)
+
+
+def learner_model_validate(state: dict) -> None:
+    """Raise ValueError with every problem if `state` is not a learner model."""
+    errors = [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in _validator.iter_errors(state)]
+    if errors:
+        raise ValueError("; ".join(errors))
+
+
+def learner_model_initial(*, concepts: list[str], pretest: list[tuple[str, float]]) -> dict:
+    """The model before the conversation: per concept, the mean pre-test score of its items."""
+    scores: dict[str, list[float]] = {}
+    for concept, score in pretest:
+        if concept:
+            scores.setdefault(concept, []).append(score)
+    state = {
+        "schema_version": SCHEMA_VERSION,
+        "concepts": {},
+        "misconceptions": [],
+        "background": "",
+        "next_goal": {"concept": None, "act": "explain"},
+        "why": "initialised from the pre-test",
+    }
+    for concept in concepts:
+        if scores.get(concept):
+            mastery = sum(scores[concept]) / len(scores[concept])
+            evidence = [f"pre-test: {sum(scores[concept]):g} of {len(scores[concept])} correct"]
+        else:
+            mastery, evidence = PRIOR, ["pre-test: no item on this concept"]
+        state["concepts"][concept] = {"mastery": round(mastery, 3), "evidence": evidence}
+    state["next_goal"] = next_move(state, concept_order=concepts, checks_left=set(concepts), explained=set())
+    return state
+
+
+def next_move(state: dict, *, concept_order: list[str], checks_left: set[str], explained: set[str],
+              last_check: tuple[str, bool] | None = None) -> dict:
+    """Choose the next act: the least mastered concept not yet mastered, and what to do about it.
+
+    A wrong answer to a check is corrected first. A weak concept is explained before it is checked;
+    a concept with no check question left is shown by example instead. With everything mastered
+    (or nothing left to do), summarise.
+    """
+    if last_check is not None and not last_check[1]:
+        return {"concept": last_check[0], "act": "correction"}
+    concepts = state["concepts"]
+    open_concepts = [c for c in concept_order if c in concepts and concepts[c]["mastery"] < MASTERED
+                     and (c in checks_left or c not in explained)]
+    if not open_concepts:
+        return {"concept": None, "act": "summary"}
+    target = min(open_concepts, key=lambda c: (concepts[c]["mastery"], concept_order.index(c)))
+    mastery = concepts[target]["mastery"]
+    if target not in explained and (mastery < EXPLAINED or target not in checks_left):
+        return {"concept": target, "act": "explain"}
+    if target in checks_left:
+        return {"concept": target, "act": "check"}
+    return {"concept": target, "act": "example"}
+
+
+def rule_update(state: dict, *, concept: str, correct: bool, label: str) -> dict:
+    """Return a new model after a check on `concept` was answered (the old one is left as it was)."""
+    new = copy.deepcopy(state)
+    entry = new["concepts"][concept]
+    before = entry["mastery"]
+    entry["mastery"] = round(before + LEARN_RATE * (1 - before) if correct else before * (1 - LEARN_RATE), 3)
+    entry["evidence"].append(f"{label}: {'right' if correct else 'wrong'}")
+    new["why"] = f"check on {concept} answered {'right' if correct else 'wrong'}: mastery {before:g} → {entry['mastery']:g}"
+    return new
+
+
+def predict_correct(state: dict, concept: str | None) -> float:
+    """The model's probability that the participant answers an item on `concept` correctly."""
+    if concept and concept in state["concepts"]:
+        return float(state["concepts"][concept]["mastery"])
+    masteries = [c["mastery"] for c in state["concepts"].values()]
+    return float(sum(masteries) / len(masteries)) if masteries else 0.5

@@ -85,9 +85,12 @@ class AnswerPolicy:
         return data
 
 
-def bot_run(*, base_url: str, slug: str, policy: AnswerPolicy, link_token: str,
-            pid: str | None = None) -> BotResult:
-    """Walk one participant from the study link to the recruiter's completion URL."""
+def bot_run(*, base_url: str, slug: str, policy, link_token: str, pid: str | None = None) -> BotResult:
+    """Walk one participant from the study link to the recruiter's completion URL.
+
+    `policy.answer(item_id)` answers items; an optional `policy.converse(client, slug, csrf)` chats on
+    the explanation page before the participant continues.
+    """
     result = BotResult()
     pid = pid or f"bot-{uuid.uuid4().hex}"
     origin = urlsplit(base_url).netloc
@@ -115,6 +118,12 @@ def bot_run(*, base_url: str, slug: str, policy: AnswerPolicy, link_token: str,
                 data["item"] = page.hidden["item"]
                 data.update(policy.answer(page.hidden["item"]))
             elif page.kind == "explanation":
+                converse = getattr(policy, "converse", None)
+                if converse is not None and "data-chat" in response.text:
+                    converse(client, slug, data["csrfmiddlewaretoken"])
+                    response = client.get(response.url.path)
+                    page = page_parse(response.text)
+                    data["csrfmiddlewaretoken"] = page.hidden.get("csrfmiddlewaretoken", "")
                 if page.wait:  # the server enforces the arm's minimum reading time
                     time.sleep(page.wait + 0.2)
             elif page.kind == "debrief":

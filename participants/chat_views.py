@@ -7,7 +7,9 @@ import json
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.utils import translation
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
@@ -59,8 +61,20 @@ def _event(kind: str, data: dict) -> str:
     return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _final_event(turn_id: int) -> str | None:
-    """The event that ends the stream if the turn is settled in the database, else None."""
+def _final_event(turn_id: int, language: str) -> str | None:
+    """The event that ends the stream if the turn is settled in the database, else None.
+
+    Called every few seconds while the stream is open: give the connection back each time, so an
+    open stream holds none.
+    """
+    try:
+        with translation.override(language):  # the participant's language, as on their pages
+            return _final_event_text(turn_id)
+    finally:
+        connection.close()
+
+
+def _final_event_text(turn_id: int) -> str | None:
     turn = Turn.objects.select_related("reply", "conversation").filter(pk=turn_id).first()
     if turn is None:
         return _event("failed", {"error": "gone"})
@@ -71,15 +85,15 @@ def _final_event(turn_id: int) -> str | None:
     return None
 
 
-async def _relay(turn_id: int):
-    final = await sync_to_async(_final_event)(turn_id)
+async def _relay(turn_id: int, language: str):
+    final = await sync_to_async(_final_event)(turn_id, language)
     if final:
         yield final
         return
     yield ": open\n\n"
     async for event in stream_follow(turn_id, keepalive_s=KEEPALIVE_S):
         if event is None or event["kind"] in ("done", "failed"):
-            final = await sync_to_async(_final_event)(turn_id)
+            final = await sync_to_async(_final_event)(turn_id, language)
             if final:
                 yield final
                 return
@@ -88,19 +102,28 @@ async def _relay(turn_id: int):
         yield _event(event["kind"], {k: v for k, v in event.items() if k in ("text", "in_s")})
 
 
-def _participant_for(request: HttpRequest, slug: str) -> Participant | None:
-    participant = participant_get_by_token(token=request.session.get(_session_key(slug), ""))
-    return participant if participant is not None and participant.study.slug == slug else None
+def _stream_target(request: HttpRequest, slug: str, turn_id: int) -> tuple[int, str] | None:
+    """Return (turn id, language) if the turn is this participant's, else None; close the connection after.
+
+    An open stream must hold no database connection: 200 people waiting for replies would hold 200.
+    """
+    try:
+        participant = participant_get_by_token(token=request.session.get(_session_key(slug), ""))
+        if participant is None or participant.study.slug != slug:
+            return None
+        turn = participant_chat_turn(participant=participant, turn_id=turn_id)
+        return (turn.id, participant.language) if turn else None
+    finally:
+        connection.close()
 
 
 @require_GET
 async def chat_events(request: HttpRequest, slug: str, turn_id: int) -> HttpResponse:
     """Server-sent events of one reply: what streamed so far, then live deltas, then the final HTML."""
-    participant = await sync_to_async(_participant_for)(request, slug)
-    turn = participant and await sync_to_async(participant_chat_turn)(participant=participant, turn_id=turn_id)
-    if not turn:
+    target = await sync_to_async(_stream_target)(request, slug, turn_id)
+    if target is None:
         return HttpResponse(status=404)
-    response = StreamingHttpResponse(_relay(turn.id), content_type="text/event-stream")
+    response = StreamingHttpResponse(_relay(*target), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

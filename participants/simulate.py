@@ -1,0 +1,130 @@
+"""Simulated learners: personas with a planted per-concept knowledge state that go through the real
+HTTP flow (entry, consent, pre-test, explanation with chat, post-test), answer items from their state,
+and learn from what the explainer addresses.
+
+The learning rule is an assumption of the simulation, stated here so a reader can judge the figures:
+an unknown concept becomes known with probability `LEARN_ADDRESSED` each time an explainer turn
+addresses it (explains, corrects, gives an example: recognised by the concept's label in the turn),
+and with probability `LEARN_READING` once for a participant who reads static material or chats
+without targeted teaching.
+"""
+import html
+import random
+import re
+import time
+from dataclasses import dataclass, field
+
+from studies.protocol import Protocol
+from studies.scoring import item_key
+
+LEARN_ADDRESSED = 0.6
+LEARN_READING = 0.3
+SLIP = 0.1
+MAX_CHAT_TURNS = 40
+CHAT_QUESTIONS = ("What matters most to the model?", "Does income matter?", "Why would an applicant be refused?")
+
+_BUBBLE = re.compile(r'<li class="turn explainer"[^>]*>(.*?)</li>', re.S)
+_TAG = re.compile(r"<[^>]+>")
+
+
+@dataclass
+class Persona:
+    """One simulated learner: what they know, how they slip, and what they learned."""
+
+    protocol: Protocol
+    target_keys: dict
+    rng: random.Random
+    knows: dict[str, bool]
+    slip: float = SLIP
+    knows_after: dict[str, bool] = field(default_factory=dict)
+    addressed: list[str] = field(default_factory=list)
+
+    @classmethod
+    def planted(cls, protocol: Protocol, target_keys: dict, rng: random.Random, p_know: float = 0.5) -> "Persona":
+        knows = {c["id"]: rng.random() < p_know for c in protocol.spec["concepts"]}
+        return cls(protocol=protocol, target_keys=target_keys, rng=rng, knows=knows, knows_after=dict(knows))
+
+    def _knows(self, concept: str | None) -> bool:
+        return bool(concept) and self.knows_after.get(concept, False)
+
+    def answer(self, item_id: str) -> dict:
+        item = self.protocol.items[item_id]
+        key = item_key(item, self.target_keys)
+        right = key is not None and self._knows(item.get("concept")) and self.rng.random() > self.slip
+        options = [o["id"] for o in item.get("options") or []]
+        data: dict = {}
+        if item["kind"] == "multi_choice":
+            data["answer"] = list(key) if right else [self.rng.choice(options)]
+        elif options:
+            data["answer"] = key if right else self.rng.choice(options)
+        elif item["kind"] == "likert":
+            data["answer"] = str(self.rng.randint(item["scale"]["min"], item["scale"]["max"]))
+        elif item["kind"] == "text":
+            data["answer"] = "(simulated learner)"
+        else:
+            base = float(key) if key is not None else 0.0
+            data["answer"] = str(base if right else base + (float(item.get("tolerance") or 0) + 1) * 3)
+        if item.get("confidence"):
+            data["confidence"] = str(self.rng.randint(70, 95) if self._knows(item.get("concept")) else self.rng.randint(20, 60))
+        return data
+
+    # -- the explanation step ------------------------------------------------------------------
+
+    def _learn(self, concept: str, p: float) -> None:
+        if not self.knows_after[concept] and self.rng.random() < p:
+            self.knows_after[concept] = True
+
+    def _concept_in(self, text: str) -> str | None:
+        for concept in self.protocol.spec["concepts"]:
+            if self.protocol.text(concept["label"], "en") in text:
+                return concept["id"]
+        return None
+
+    def _check_answer(self, text: str) -> str | None:
+        """If the turn asks a practice question, return this learner's answer to it."""
+        for item_id in self.protocol.spec["instruments"].get("practice", []):
+            item = self.protocol.items[item_id]
+            if self.protocol.text(item["prompt"], "en") in text:
+                if self._knows(item["concept"]) and self.rng.random() > self.slip:
+                    return item["key"]
+                return self.rng.choice([o["id"] for o in item["options"]])
+        return None
+
+    def converse(self, client, slug: str, csrf: str) -> None:
+        """Chat until the conversation ends or the learner has had enough, then let the flow continue."""
+        page_url = f"/s/{slug}/explanation/"
+        is_tutor = "scripted tutor" in client.get(page_url).text
+        if not is_tutor:  # plain chat: a couple of questions, no targeted teaching assumed
+            for question in CHAT_QUESTIONS[: self.rng.randint(1, 2)]:
+                client.post(f"/s/{slug}/chat/send/", data={"text": question}, headers={"X-CSRFToken": csrf})
+                self._wait_for_reply(client, page_url)
+            for concept in self.knows_after:
+                self._learn(concept, LEARN_READING)
+            return
+        for _ in range(MAX_CHAT_TURNS):
+            page = client.get(page_url).text
+            if 'data-ended="1"' in page:
+                return
+            bubbles = _BUBBLE.findall(page)
+            last = html.unescape(_TAG.sub("", bubbles[-1])) if bubbles else ""
+            concept = self._concept_in(last)
+            answer = self._check_answer(last)
+            if answer is None and concept:
+                self.addressed.append(concept)
+                self._learn(concept, LEARN_ADDRESSED)
+            response = client.post(f"/s/{slug}/chat/send/", data={"text": answer or "ok"}, headers={"X-CSRFToken": csrf})
+            if response.status_code != 202:
+                return
+
+    @staticmethod
+    def _wait_for_reply(client, page_url: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and 'data-pending=""' not in client.get(page_url).text:
+            time.sleep(0.3)
+
+
+def recovery(snapshot_state: dict, truth: dict[str, bool], threshold: float = 0.7) -> tuple[int, int]:
+    """Return (concepts whose mastered/unmastered split the learner model got right, concepts compared)."""
+    concepts = [c for c in truth if c in snapshot_state["concepts"]]
+    right = sum((snapshot_state["concepts"][c]["mastery"] >= threshold) == truth[c] for c in concepts)
+    return right, len(concepts)

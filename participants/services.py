@@ -237,7 +237,9 @@ def explanation_finish(*, participant_id: int, client: str = "") -> Participant:
         conversation = participant.conversation
         if conversation is not None and conversation.ended_at:
             min_seconds = 0  # a limit ended the conversation: nothing more to do on this page
-        if min_seconds and visit is not None:
+        if min_seconds:
+            if visit is None:  # posted without ever loading the page: the clock has not started
+                raise TooEarly(min_seconds)
             left = visit.first_shown_at + timedelta(seconds=min_seconds) - timezone.now()
             if left.total_seconds() > 0:
                 raise TooEarly(int(left.total_seconds()) + 1)

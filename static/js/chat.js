@@ -91,6 +91,8 @@
       reply.textContent = "";
       var source = new EventSource(url("events", turnId));
       var finish = function () { source.close(); busy = false; render(); };
+      // Every connection (the first, or EventSource's own reconnect after a drop) replays the reply from its start.
+      source.addEventListener("open", function () { reply.textContent = ""; });
       source.addEventListener("delta", function (e) { reply.textContent += JSON.parse(e.data).text; transcript.scrollTop = transcript.scrollHeight; });
       source.addEventListener("reset", function () { reply.textContent = ""; });
       source.addEventListener("retrying", function () { showError(msg("retrying")); });

@@ -103,6 +103,8 @@ def test_the_explanation_holds_the_participant_for_the_minimum_time(launch, ente
     client, _ = enter(version, pid=PID)
     step_through(client, version, times=1 + 5)  # consent and the pre-test
     assert Participant.objects.get().step == Step.EXPLANATION
+    unseen = client.post(f"/s/{version.study.slug}/explanation/")  # without ever loading the page
+    assert unseen.status_code == 400 and Participant.objects.get().step == Step.EXPLANATION
     page = client.get(f"/s/{version.study.slug}/explanation/").content.decode()
     assert 'data-wait="120"' in page or 'data-wait="119"' in page
     response = client.post(f"/s/{version.study.slug}/explanation/")

@@ -25,6 +25,9 @@ if not SECRET_KEY:
 
 # Prolific ids are stored only as HMAC-SHA256 under this key. Rotating it breaks resume-by-PID.
 PID_HASH_KEY = os.environ.get("PID_HASH_KEY", "") or f"pid-hash:{SECRET_KEY}"
+# Export pseudonyms are keyed hashes of participant ids; set this before rotating the secret key so
+# pseudonyms stay stable across exports (docs/export.md).
+PSEUDONYM_KEY = os.environ.get("PSEUDONYM_KEY", "")
 
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]

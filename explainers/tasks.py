@@ -1,7 +1,10 @@
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from . import services
+
+DB_RETRY_S = 5  # < the visibility timeout
 
 
 @shared_task(
@@ -10,7 +13,12 @@ from . import services
 )
 def reply_generate_task(self, turn_id: int) -> str:
     """Make one attempt at the reply to a turn; come back after the backoff when it can clear."""
-    outcome = services.reply_generate(turn_id=turn_id)
+    try:
+        outcome = services.reply_generate(turn_id=turn_id)
+    except (OperationalError, InterfaceError) as error:
+        # The database refused (too many clients, a restart): the turn is still pending, so come back
+        # soon rather than leave it to the sweeper.
+        raise self.retry(exc=error, countdown=DB_RETRY_S) from error
     if outcome.state == "retry" or (outcome.state == "busy" and not self.request.is_eager):
         raise self.retry(countdown=min(outcome.retry_in_s, settings.REPLY_MAX_COUNTDOWN_S))
     return outcome.state

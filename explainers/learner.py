@@ -1,9 +1,10 @@
 """The learner model: the explainer's belief about one participant, and the policy that reads it.
 
 A learner model is a JSON document (schema below, versioned). It starts from the pre-test (per
-concept: the proportion of that concept's items answered correctly) and is stored as a new
+concept: knowledge tracing over that concept's pre-test answers) and is stored as a new
 snapshot after every participant turn. `next_move` chooses the explainer's next act from it; the
-`tutor` arm updates it by rule (`rule_update`), the `agentic` arm by a structured LLM call.
+`tutor` arm updates it by Bayesian knowledge tracing (`rule_taught`, `rule_update`); the `agentic`
+arm is to update it by a structured LLM call.
 """
 import copy
 
@@ -11,10 +12,13 @@ from jsonschema import Draft202012Validator
 
 SCHEMA_VERSION = 1
 ACTS = ("explain", "example", "analogy", "check", "correction", "summary")
+# Mastery is the probability that the learner knows the concept (Bayesian knowledge tracing).
 MASTERED = 0.7       # a concept at or above this mastery is taught
 EXPLAINED = 0.4      # below this, explain before checking
 PRIOR = 0.3          # a concept no pre-test item measured
-LEARN_RATE = 0.5     # a correct check moves mastery this share of the way to 1; a wrong one halves it
+FLOOR, CEILING = 0.1, 0.9  # the pre-test never makes the model certain: later evidence must be able to move it
+SLIP = 0.1           # P(wrong answer | knows)
+LEARN = 0.3          # P(learns | the explainer just taught the concept and did not know it)
 
 SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -58,12 +62,20 @@ def learner_model_validate(state: dict) -> None:
         raise ValueError("; ".join(errors))
 
 
-def learner_model_initial(*, concepts: list[str], pretest: list[tuple[str, float]]) -> dict:
-    """The model before the conversation: per concept, the mean pre-test score of its items."""
-    scores: dict[str, list[float]] = {}
-    for concept, score in pretest:
+def guess_rate(item: dict) -> float:
+    """P(right answer | does not know): one option in n, or little for an open number."""
+    if item["kind"] == "multi_choice":
+        return 1 / (2 ** len(item["options"]) - 1)
+    return 1 / len(item["options"]) if item.get("options") else 0.05
+
+
+def learner_model_initial(*, concepts: list[str], pretest: list[tuple[str | None, float, float]]) -> dict:
+    """The model before the conversation, from the pre-test: per concept, knowledge tracing from an
+    even prior over its items' answers, each (concept, score, guess rate); `PRIOR` with no item."""
+    evidence: dict[str, list[tuple[float, float]]] = {}
+    for concept, score, guess in pretest:
         if concept:
-            scores.setdefault(concept, []).append(score)
+            evidence.setdefault(concept, []).append((score, guess))
     state = {
         "schema_version": SCHEMA_VERSION,
         "concepts": {},
@@ -73,14 +85,22 @@ def learner_model_initial(*, concepts: list[str], pretest: list[tuple[str, float
         "why": "initialised from the pre-test",
     }
     for concept in concepts:
-        if scores.get(concept):
-            mastery = sum(scores[concept]) / len(scores[concept])
-            evidence = [f"pre-test: {sum(scores[concept]):g} of {len(scores[concept])} correct"]
-        else:
-            mastery, evidence = PRIOR, ["pre-test: no item on this concept"]
-        state["concepts"][concept] = {"mastery": round(mastery, 3), "evidence": evidence}
+        answers = evidence.get(concept, [])
+        mastery = 0.5 if answers else PRIOR
+        for score, guess in answers:
+            mastery = _posterior(mastery, correct=score >= 1, guess=guess)
+        mastery = min(CEILING, max(FLOOR, mastery)) if answers else mastery
+        right = sum(1 for score, _ in answers if score >= 1)
+        note = f"pre-test: {right} of {len(answers)} correct" if answers else "pre-test: no item on this concept"
+        state["concepts"][concept] = {"mastery": round(mastery, 3), "evidence": [note]}
     state["next_goal"] = next_move(state, concept_order=concepts, checks_left=set(concepts), explained=set())
     return state
+
+
+def _posterior(mastery: float, *, correct: bool, guess: float) -> float:
+    if correct:
+        return mastery * (1 - SLIP) / (mastery * (1 - SLIP) + (1 - mastery) * guess)
+    return mastery * SLIP / (mastery * SLIP + (1 - mastery) * (1 - guess))
 
 
 def next_move(state: dict, *, concept_order: list[str], checks_left: set[str], explained: set[str],
@@ -107,20 +127,36 @@ def next_move(state: dict, *, concept_order: list[str], checks_left: set[str], e
     return {"concept": target, "act": "example"}
 
 
-def rule_update(state: dict, *, concept: str, correct: bool, label: str) -> dict:
-    """Return a new model after a check on `concept` was answered (the old one is left as it was)."""
+def rule_taught(state: dict, *, concept: str, act: str) -> dict:
+    """Return a new model after the explainer taught `concept` (the learning step of knowledge tracing)."""
     new = copy.deepcopy(state)
     entry = new["concepts"][concept]
     before = entry["mastery"]
-    entry["mastery"] = round(before + LEARN_RATE * (1 - before) if correct else before * (1 - LEARN_RATE), 3)
+    entry["mastery"] = round(before + (1 - before) * LEARN, 3)
+    entry["evidence"].append(f"taught ({act})")
+    new["why"] = f"{concept} was taught ({act}): mastery {before:g} → {entry['mastery']:g}"
+    return new
+
+
+def rule_update(state: dict, *, concept: str, correct: bool, label: str, guess: float) -> dict:
+    """Return a new model after a check on `concept` was answered (Bayes' rule with slip and guess).
+
+    The old model is left as it was: every snapshot is kept.
+    """
+    new = copy.deepcopy(state)
+    entry = new["concepts"][concept]
+    before = entry["mastery"]
+    entry["mastery"] = round(_posterior(before, correct=correct, guess=guess), 3)
     entry["evidence"].append(f"{label}: {'right' if correct else 'wrong'}")
     new["why"] = f"check on {concept} answered {'right' if correct else 'wrong'}: mastery {before:g} → {entry['mastery']:g}"
     return new
 
 
-def predict_correct(state: dict, concept: str | None) -> float:
+def predict_correct(state: dict, concept: str | None, *, guess: float = 0.25) -> float:
     """The model's probability that the participant answers an item on `concept` correctly."""
     if concept and concept in state["concepts"]:
-        return float(state["concepts"][concept]["mastery"])
-    masteries = [c["mastery"] for c in state["concepts"].values()]
-    return float(sum(masteries) / len(masteries)) if masteries else 0.5
+        mastery = float(state["concepts"][concept]["mastery"])
+    else:
+        masteries = [c["mastery"] for c in state["concepts"].values()]
+        mastery = float(sum(masteries) / len(masteries)) if masteries else 0.5
+    return mastery * (1 - SLIP) + (1 - mastery) * guess

@@ -78,7 +78,7 @@ def conversation_start(*, version: StudyVersion, arm_id: str, language: str,
                        pretest: list[tuple[str, float]]) -> Conversation:
     """Start the conversation of a chat or tutor arm; the tutor speaks first.
 
-    `pretest` is the participant's (concept, score) per pre-test item: the learner model starts from it.
+    `pretest` is the participant's (item id, score) per scored pre-test item: the learner model starts from it.
     """
     arm = Protocol(version.spec).arms[arm_id]
     if arm["kind"] == "tutor":
@@ -200,8 +200,10 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
     try:
         result = llm_call(request, on_delta=on_delta)
     except ProviderError as error:
+        stream.flush()
         lease.release()
         return _attempt_failed(turn, call, error, failures + 1, llm, stream)
+    stream.flush()  # the last coalesced text, before the database writes of the reply
     lease.release()
     return _attempt_succeeded(turn, call, result, llm, endpoint.scripted, stream, started)
 

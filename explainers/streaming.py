@@ -5,6 +5,7 @@ Every event also goes onto a short-lived list, so a connection opened mid-stream
 first replays what was said so far and then follows the channel; `seq` removes the overlap.
 """
 import json
+import time
 from functools import lru_cache
 
 import redis
@@ -12,6 +13,9 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 BACKLOG_TTL_S = 3600
+# Text deltas are coalesced: the first goes out at once, then at most one `delta` event every
+# DELTA_FLUSH_S per reply (a Redis round trip per provider token cost the worker most of its CPU).
+DELTA_FLUSH_S = 0.1
 
 
 def _channel(turn_id: int) -> str:
@@ -33,8 +37,28 @@ class TurnStream:
     def __init__(self, turn_id: int):
         self.turn_id = turn_id
         self.seq = _sync_client().llen(_backlog(turn_id))
+        self._pending: list[str] = []
+        self._flushed_at = 0.0
 
     def publish(self, kind: str, **data) -> None:
+        if kind != "delta":
+            self.flush()  # text held back goes out before any other event
+        self._send(kind, **data)
+
+    def delta(self, text: str) -> None:
+        self._pending.append(text)
+        if time.monotonic() - self._flushed_at >= DELTA_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Publish the text held back since the last delta event, if any."""
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._flushed_at = time.monotonic()
+            self._send("delta", text=text)
+
+    def _send(self, kind: str, **data) -> None:
         event = json.dumps({"seq": self.seq, "kind": kind, **data}, ensure_ascii=False)
         self.seq += 1
         pipe = _sync_client().pipeline(transaction=False)
@@ -42,9 +66,6 @@ class TurnStream:
         pipe.expire(_backlog(self.turn_id), BACKLOG_TTL_S)
         pipe.publish(_channel(self.turn_id), event)
         pipe.execute()
-
-    def delta(self, text: str) -> None:
-        self.publish("delta", text=text)
 
 
 def stream_publish(turn_id: int, kind: str, **data) -> None:

@@ -13,7 +13,8 @@ from django.utils.translation import gettext as _
 from studies.protocol import Protocol
 
 from .learner import (
-    SCHEMA_VERSION, learner_model_initial, learner_model_validate, next_move, predict_correct, rule_update,
+    MASTERED, SCHEMA_VERSION, guess_rate, learner_model_initial, learner_model_validate, next_move, predict_correct, rule_taught,
+    rule_update,
 )
 from .models import Conversation, LearnerModelSnapshot, PostTestPrediction, Turn
 
@@ -101,8 +102,10 @@ def _say(conversation: Conversation, move: dict, *, reply_to: Turn | None, prefi
 
 def tutor_open(*, conversation: Conversation, pretest: list[tuple[str, float]]) -> Turn:
     """Initialise the learner model from the pre-test and speak first. Call inside a transaction."""
-    concepts = [c["id"] for c in _protocol(conversation).spec["concepts"]]
-    state = learner_model_initial(concepts=concepts, pretest=pretest)
+    protocol = _protocol(conversation)
+    concepts = [c["id"] for c in protocol.spec["concepts"]]
+    evidence = [(protocol.items[i].get("concept"), score, guess_rate(protocol.items[i])) for i, score in pretest]
+    state = learner_model_initial(concepts=concepts, pretest=evidence)
     _snapshot(conversation, state, turn=None, source=LearnerModelSnapshot.Source.PRETEST)
     with translation.override(conversation.language):
         greeting = _("Hello! I am a scripted tutor (no language model). I will take you through the model step by step.")
@@ -125,6 +128,8 @@ def tutor_reply(*, conversation: Conversation, turn: Turn) -> Turn:
     state = _latest(conversation).state
     question = conversation.turns.filter(author=Turn.Author.EXPLAINER, pk__lt=turn.pk).order_by("-id").first()
     last_check, prefix = None, ""
+    if question is not None and question.act in ("explain", "example", "correction") and question.concept:
+        state = rule_taught(state, concept=question.concept, act=question.act)
     with translation.override(conversation.language):
         if question is not None and question.check_item:
             item = protocol.items[question.check_item]
@@ -143,7 +148,8 @@ def tutor_reply(*, conversation: Conversation, turn: Turn) -> Turn:
             correct = chosen == item["key"]
             turn.answers_check, turn.check_correct = question, correct
             turn.save(update_fields=["answers_check", "check_correct"])
-            state = rule_update(state, concept=question.concept, correct=correct, label=f"check {question.check_item}")
+            state = rule_update(state, concept=question.concept, correct=correct, label=f"check {question.check_item}",
+                                guess=guess_rate(item))
             last_check = (question.concept, correct)
             prefix = _("Right!") + " " if correct else ""
         else:
@@ -169,7 +175,7 @@ def tutor_finish(*, conversation: Conversation, post_items: list[dict]) -> None:
     protocol = _protocol(conversation)
     keys = conversation.version.target_keys
     for item in post_items:
-        p = predict_correct(state, item.get("concept"))
+        p = predict_correct(state, item.get("concept"), guess=guess_rate(item))
         key = keys.get(item["id"]) if item.get("key") == "from_target" else item.get("key")
         PostTestPrediction.objects.get_or_create(
             conversation=conversation, item_id=item["id"],
@@ -177,8 +183,8 @@ def tutor_finish(*, conversation: Conversation, post_items: list[dict]) -> None:
         )
     lang = conversation.language
     labels = {c["id"]: _text(protocol, c["label"], lang) for c in protocol.spec["concepts"]}
-    grasped = [labels[c] for c, v in state["concepts"].items() if v["mastery"] >= 0.7]
-    review = [labels[c] for c, v in state["concepts"].items() if v["mastery"] < 0.7]
+    grasped = [labels[c] for c, v in state["concepts"].items() if v["mastery"] >= MASTERED]
+    review = [labels[c] for c, v in state["concepts"].items() if v["mastery"] < MASTERED]
     checks = conversation.turns.filter(check_correct__isnull=False)
     with translation.override(lang):
         note = _("We went through %(n)s check questions; you answered %(right)s correctly.") % {

@@ -205,7 +205,7 @@ def _conversation(participant: Participant):
     if participant.step != Step.EXPLANATION:
         raise StepError(participant.step)
     if participant.conversation is None:
-        pretest = [(r.concept, r.score) for r in participant.responses.filter(phase=Step.PRE_TEST) if r.score is not None]
+        pretest = [(r.item_id, r.score) for r in participant.responses.filter(phase=Step.PRE_TEST) if r.score is not None]
         participant.conversation = explainer_services.conversation_start(
             version=participant.version, arm_id=participant.arm, language=participant.language, pretest=pretest
         )

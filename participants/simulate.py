@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from studies.protocol import Protocol
 from studies.scoring import item_key
 
-LEARN_ADDRESSED = 0.6
-LEARN_READING = 0.3
+LEARN_ADDRESSED = 0.3
+LEARN_READING = 0.15
 SLIP = 0.1
 MAX_CHAT_TURNS = 40
 CHAT_QUESTIONS = ("What matters most to the model?", "Does income matter?", "Why would an applicant be refused?")
@@ -123,8 +123,31 @@ class Persona:
             time.sleep(0.3)
 
 
-def recovery(snapshot_state: dict, truth: dict[str, bool], threshold: float = 0.7) -> tuple[int, int]:
-    """Return (concepts whose mastered/unmastered split the learner model got right, concepts compared)."""
-    concepts = [c for c in truth if c in snapshot_state["concepts"]]
-    right = sum((snapshot_state["concepts"][c]["mastery"] >= threshold) == truth[c] for c in concepts)
-    return right, len(concepts)
+def recovery(snapshot_state: dict, truth: dict[str, bool], threshold: float = 0.5) -> dict[str, int]:
+    """Count how the learner model's known/unknown split matches the truth (confusion counts).
+
+    Mastery is the model's probability that the concept is known: known when it is at least one half.
+    """
+    counts = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    for concept, known in truth.items():
+        if concept not in snapshot_state["concepts"]:
+            continue
+        said = snapshot_state["concepts"][concept]["mastery"] >= threshold
+        counts[("t" if said == known else "f") + ("p" if said else "n")] += 1
+    return counts
+
+
+def recovery_summary(counts: list[dict[str, int]]) -> dict[str, float]:
+    """Accuracy, balanced accuracy (chance: 0.5 whatever the share of known concepts) and the
+    accuracy of always guessing the more common answer."""
+    total = {k: sum(c[k] for c in counts) for k in ("tp", "fp", "tn", "fn")}
+    n = sum(total.values())
+    known, unknown = total["tp"] + total["fn"], total["tn"] + total["fp"]
+    sensitivity = total["tp"] / known if known else float("nan")
+    specificity = total["tn"] / unknown if unknown else float("nan")
+    return {
+        "n": n,
+        "accuracy": (total["tp"] + total["tn"]) / n if n else float("nan"),
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "majority": max(known, unknown) / n if n else float("nan"),
+    }

@@ -13,6 +13,7 @@ PID = "7u7o7u7o7u7o7u7o7u7o7u7o"
 def tutor_only(data) -> None:
     data["arms"] = [a for a in data["arms"] if a["kind"] == "tutor"]
     data["arms"][0]["limits"]["min_seconds"] = 0
+    data["arms"][0]["limits"].pop("turns", None)
     data["allocation"]["block_size"] = 1
 
 
@@ -40,7 +41,7 @@ def test_the_tutor_speaks_first_from_a_learner_model_initialised_by_the_pretest(
     assert snapshot.index == 0 and snapshot.source == "pretest" and snapshot.turn is None
     learner_model_validate(snapshot.state)
     scored = [c for c, v in snapshot.state["concepts"].items() if v["evidence"][0].startswith("pre-test: 0 of")]
-    assert scored and all(snapshot.state["concepts"][c]["mastery"] == 0 for c in scored)
+    assert scored and all(snapshot.state["concepts"][c]["mastery"] < 0.3 for c in scored)
 
 
 def test_the_tutor_checks_corrects_and_summarises_with_a_snapshot_per_turn(tutor_study, enter, step_through):

@@ -8,7 +8,7 @@ from explainers.models import LearnerModelSnapshot
 from participants.bots import bot_run
 from participants.models import Participant, Response
 from participants.services import identifier_hash
-from participants.simulate import Persona, recovery
+from participants.simulate import Persona, recovery, recovery_summary
 from studies.selectors import entry_link_token, study_version_open, study_version_protocol
 
 
@@ -53,10 +53,9 @@ class Command(BaseCommand):
                 "pre": mean(scores["pre_test"]) if scores["pre_test"] else None,
                 "post": mean(scores["post_test"]) if scores["post_test"] else None,
                 "recovery": recovery(snapshot.state, persona.knows_after) if snapshot else None,
-                "known": sum(persona.knows_after.values()), "concepts": len(persona.knows_after),
             })
         self.stdout.write(f"{slug}: {n} simulated learners (seed {seed}), {n - len(failed)} completed")
-        self.stdout.write(f"{'arm':<10} {'n':>3} {'pre':>6} {'post':>6} {'gain':>6}  learner-model recovery (mastered/unmastered split)")
+        self.stdout.write(f"{'arm':<10} {'n':>3} {'pre':>6} {'post':>6} {'gain':>6}  learner-model recovery (known/unknown: mastery >= 0.5)")
         for arm in sorted({r["arm"] for r in rows}):
             group = [r for r in rows if r["arm"] == arm and r["pre"] is not None and r["post"] is not None]
             if not group:
@@ -65,9 +64,10 @@ class Command(BaseCommand):
             line = f"{arm:<10} {len(group):>3} {pre:>6.2f} {post:>6.2f} {post - pre:>+6.2f}"
             recovered = [r["recovery"] for r in group if r["recovery"]]
             if recovered:
-                right, total = sum(r[0] for r in recovered), sum(r[1] for r in recovered)
-                known = sum(r["known"] for r in group) / sum(r["concepts"] for r in group)
-                line += f"  accuracy {right / total:.2f} ({right}/{total}); chance (majority class) {max(known, 1 - known):.2f}"
+                summary = recovery_summary(recovered)
+                line += (f"  accuracy {summary['accuracy']:.2f} over {summary['n']} concepts; balanced accuracy "
+                         f"{summary['balanced_accuracy']:.2f} (chance 0.50); always-the-common-answer "
+                         f"{summary['majority']:.2f}")
             else:
                 line += "  (no learner model in this arm)"
             self.stdout.write(line)

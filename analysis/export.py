@@ -13,7 +13,6 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from django.db import connection, transaction
 from django.utils import timezone
 
 from . import frames
@@ -150,12 +149,7 @@ def study_export(*, slug: str, out: str | Path, fmt: str = "csv", include_simula
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    outer = connection.in_atomic_block
-    with transaction.atomic():
-        if connection.vendor == "postgresql" and not outer:
-            # one consistent snapshot for every table, and a guarantee that the export writes nothing
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    with frames.read_only_snapshot():  # one consistent snapshot for every table; the export writes nothing
         exported_at = timezone.now()
         scope = frames.export_scope(slug=slug, include_simulated=include_simulated, include_pilot=include_pilot)
         counts = _write_tables(scope, out, WRITERS[fmt], chunk_size)

@@ -14,9 +14,11 @@ import statistics
 from datetime import UTC
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import BigIntegerField, F, FloatField, Func, Q, TextField
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
@@ -34,6 +36,17 @@ if TYPE_CHECKING:  # pandas is imported where a frame is built, not by every pro
     import pandas as pd
 
 CHUNK_SIZE = 500
+
+
+@contextmanager
+def read_only_snapshot():
+    """One consistent, read-only view of the database for everything read inside (PostgreSQL)."""
+    outer = connection.in_atomic_block
+    with transaction.atomic():
+        if connection.vendor == "postgresql" and not outer:
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
 ITER_CHUNK = 2000
 PSEUDONYM_SALT = b"teachback.analysis.pseudonym.v1"
 

@@ -17,7 +17,6 @@ import warnings
 from dataclasses import dataclass
 from datetime import UTC
 
-from django.db import connection, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -744,11 +743,7 @@ def report_context(*, slug: str, include_simulated: bool = False, include_pilot:
     """Everything the template shows, computed in one read-only snapshot of the database."""
     from . import measures as M
 
-    outer = connection.in_atomic_block
-    with transaction.atomic():
-        if connection.vendor == "postgresql" and not outer:
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    with frames.read_only_snapshot():
         made_at = timezone.now()
         scope = frames.export_scope(slug=slug, include_simulated=include_simulated, include_pilot=include_pilot)
         data = load_frames(scope)

@@ -193,6 +193,26 @@ class CeleryWorker:
                 self.kill()
 
 
+def app_process_env(fake_llm) -> dict:
+    """The environment of an app process (worker, uvicorn) on this test's database and broker."""
+    import os
+
+    from django.conf import settings as django_settings
+    from django.db import connection
+
+    db = connection.settings_dict
+    return {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "REDIS_URL": django_settings.REDIS_URL,
+        "SCRIPTED_LLM_URL": fake_llm.url,
+        "LLM_BASE_URL": "",
+        "LLM_API_KEY": "",
+        "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 @pytest.fixture
 def celery_worker_factory(transactional_db, fake_llm, tmp_path):
     """Return a function that starts a real worker process (call it again after a kill)."""
@@ -203,17 +223,7 @@ def celery_worker_factory(transactional_db, fake_llm, tmp_path):
     from django.db import connection
 
     redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
-    db = connection.settings_dict
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-        "REDIS_URL": django_settings.REDIS_URL,
-        "SCRIPTED_LLM_URL": fake_llm.url,
-        "LLM_BASE_URL": "",
-        "LLM_API_KEY": "",
-        "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = app_process_env(fake_llm)
     workers = []
 
     def start(concurrency: int = 50, beat: bool = False, **extra_env) -> CeleryWorker:

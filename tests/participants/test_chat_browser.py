@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from django.db import connections
 
-from conftest import ARTIFACTS, chat_only
+from conftest import ARTIFACTS, app_process_env, chat_only
 from explainers.models import Turn
 from participants.models import Participant, Step
 
@@ -75,23 +75,12 @@ def _free_port() -> int:
 @pytest.fixture
 def asgi_server(transactional_db, fake_llm, asgi_static, tmp_path):
     """`uvicorn config.asgi:application` on the test database, the test Redis and the fake model; its URL."""
-    from django.conf import settings as django_settings
-    from django.db import connection
-
-    db = connection.settings_dict
     port = _free_port()
     env = {
-        **os.environ,
+        **app_process_env(fake_llm),
         "PYTHONPATH": os.pathsep.join([str(asgi_static), str(ROOT)]),
         "DJANGO_SETTINGS_MODULE": "chat_browser_settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
-        "REDIS_URL": django_settings.REDIS_URL,
-        "SCRIPTED_LLM_URL": fake_llm.url,
-        "LLM_BASE_URL": "",
-        "LLM_API_KEY": "",
-        "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
         "DJANGO_DEBUG": "",
-        "PYTHONUNBUFFERED": "1",
     }
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the app runs as in production
     log_path = tmp_path / "uvicorn.log"

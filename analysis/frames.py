@@ -35,7 +35,7 @@ from .codebook import CLIENT_COUNTERS, TABLES
 if TYPE_CHECKING:  # pandas is imported where a frame is built, not by every process that loads the admin
     import pandas as pd
 
-CHUNK_SIZE = 500
+CHUNK_SIZE = 2000  # participants per chunk: each chunk is one pass over the turns and LLM calls
 
 
 @contextmanager

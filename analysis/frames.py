@@ -71,7 +71,8 @@ class JsonText(Func):
     template = "(%(expressions)s #>> '{}')"
 
     def as_sqlite(self, compiler, connection, **extra):
-        return self.as_sql(compiler, connection, template="json_extract(%(expressions)s, '$')")
+        # json_extract gives numbers as numbers: cast, so the column is text as on PostgreSQL
+        return self.as_sql(compiler, connection, template="CAST(json_extract(%(expressions)s, '$') AS TEXT)")
 
 
 def _iso(*names: str) -> dict:

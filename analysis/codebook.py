@@ -7,7 +7,7 @@ from it. A column that is not here is not exported.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from explainers.models import LLMCall, Turn
 from participants.models import Participant, Step

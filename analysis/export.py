@@ -10,7 +10,7 @@ import csv
 import hashlib
 import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 
 from django.utils import timezone

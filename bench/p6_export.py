@@ -193,8 +193,8 @@ def main():
     finally:
         shutil.rmtree(out_root, ignore_errors=True)
     print()
-    print(f"| participants | turns | format | wall (s) | peak RSS (MB) | output (MB) |")
-    print(f"| ---: | ---: | --- | ---: | ---: | ---: |")
+    print("| participants | turns | format | wall (s) | peak RSS (MB) | output (MB) |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: |")
     for size, fmt, wall, rss, mb in results:
         print(f"| {size:,} | {size * (args.turns // 2) * 2:,} | {fmt} | {wall:.1f} | {rss:.0f} | {mb:.1f} |")
 

@@ -1,6 +1,6 @@
 from django.contrib import admin
 from django.db import connection
-from django.http import HttpResponse, JsonResponse
+from django.http import JsonResponse
 from django.urls import include, path
 
 

@@ -669,7 +669,7 @@ class _Checker:
         self.assets = assets
         self.errors: list[SpecError] = []
         languages = data.get("languages")
-        self.languages = [l for l in languages if l in LANGUAGES] if isinstance(languages, list) else []
+        self.languages = [lang for lang in languages if lang in LANGUAGES] if isinstance(languages, list) else []
         self.languages = self.languages or ["en"]
         self.csv_header: list[str] | None = None
         self.csv_rows: list[list[str]] = []

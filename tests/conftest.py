@@ -216,11 +216,9 @@ def app_process_env(fake_llm) -> dict:
 @pytest.fixture
 def celery_worker_factory(transactional_db, fake_llm, tmp_path):
     """Return a function that starts a real worker process (call it again after a kill)."""
-    import os
 
     import redis
     from django.conf import settings as django_settings
-    from django.db import connection
 
     redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
     env = app_process_env(fake_llm)

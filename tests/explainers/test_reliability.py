@@ -6,7 +6,7 @@ flushed Redis broker database, with the fake provider on loopback. Figures are p
 import random
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import timedelta
 
 import pytest

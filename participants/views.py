@@ -23,7 +23,7 @@ from studies.selectors import entry_link_kind, study_asset_get
 from . import services
 from .chat_display import reply_html, usage_view
 from .markdown import reading_minutes, render_markdown
-from .models import Participant, Step
+from .models import STEP_ORDER, Participant, Step
 from .selectors import completion_url, participant_current_item, participant_get_by_token
 
 PID_MAX_CHARS = 128
@@ -127,8 +127,7 @@ def _context(participant: Participant, **extra) -> dict:
 
 
 def _progress(participant: Participant) -> int:
-    order = [Step.CONSENT, Step.PRE_TEST, Step.EXPLANATION, Step.POST_TEST, Step.QUESTIONNAIRE, Step.DEBRIEF, Step.DONE]
-    return round(100 * order.index(participant.step) / (len(order) - 1))
+    return round(100 * STEP_ORDER.index(participant.step) / (len(STEP_ORDER) - 1))
 
 
 def _md(participant: Participant, text: str, source: str = "") -> str:

@@ -166,20 +166,21 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
             return ReplyOutcome("skipped")  # answered, failed, or gone: a second delivery adds nothing
         if turn.not_before and turn.not_before > timezone.now():
             return ReplyOutcome("retry", (turn.not_before - timezone.now()).total_seconds())
-        lease = _Lease(turn_id, ttl_s=_attempt_budget_s(turn) + 5)
+        conversation = turn.conversation
+        llm = Protocol(conversation.version.spec).arms[conversation.arm]["llm"]
+        budget_s = float(llm["timeout_s"])  # at most studies.spec.LLM_TIMEOUT_MAX_S, by the file's schema
+        lease = _Lease(turn_id, ttl_s=budget_s + 5)
         if not lease.acquire():
             # another worker is on it, or was (a killed worker's lease outlives it while its message is
             # restored): look again once the lease can have expired; the sweeper stays the second line
             return ReplyOutcome("busy", lease.remaining_s() + 0.5)
-        conversation = turn.conversation
-        llm = Protocol(conversation.version.spec).arms[conversation.arm]["llm"]
         endpoint = llm_endpoint(llm)
         if endpoint is None:
             lease.release()
             return _fail(turn, "unavailable", TurnStream(turn_id))
         request = LLMRequest(
             provider=endpoint.provider, model=llm["model"], messages=chat_messages(conversation=conversation, upto=turn),
-            params=dict(llm["params"]), base_url=endpoint.base_url, timeout_s=_attempt_budget_s(turn),
+            params=dict(llm["params"]), base_url=endpoint.base_url, timeout_s=budget_s,
         )
         previous = list(turn.llm_calls.filter(purpose=REPLY).values_list("status", flat=True))
         call = LLMCall.objects.create(
@@ -191,7 +192,6 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
     stream = TurnStream(turn_id)
     if previous:
         stream.publish("reset")  # a new attempt: the browser drops what an earlier one showed
-    started = time.monotonic()
 
     def on_delta(text: str) -> None:
         stream.delta(text)
@@ -200,17 +200,12 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
     try:
         result = llm_call(request, on_delta=on_delta)
     except ProviderError as error:
-        stream.flush()
-        lease.release()
-        return _attempt_failed(turn, call, error, failures + 1, llm, stream)
-    stream.flush()  # the last coalesced text, before the database writes of the reply
+        result = error
+    stream.flush()  # the last coalesced text, before the outcome is written
     lease.release()
-    return _attempt_succeeded(turn, call, result, llm, endpoint.scripted, stream, started)
-
-
-def _attempt_budget_s(turn: Turn) -> float:
-    llm = Protocol(turn.conversation.version.spec).arms[turn.conversation.arm]["llm"]
-    return float(llm["timeout_s"])  # at most studies.spec.LLM_TIMEOUT_MAX_S, by the file's schema
+    if isinstance(result, ProviderError):
+        return _attempt_failed(turn, call, result, failures + 1, llm, stream)
+    return _attempt_succeeded(turn, call, result, llm, endpoint.scripted, stream)
 
 
 def _request_log(request: LLMRequest) -> dict:
@@ -228,7 +223,7 @@ def _cost(llm: dict, input_tokens: int | None, output_tokens: int | None) -> Dec
     return (total / Decimal(1_000_000)).quantize(Decimal("0.000001"))
 
 
-def _attempt_succeeded(turn, call, result, llm, scripted, stream, started) -> ReplyOutcome:
+def _attempt_succeeded(turn, call, result, llm, scripted, stream) -> ReplyOutcome:
     now = timezone.now()
     first_token_at = now - timedelta(milliseconds=result.latency_ms - (result.ttft_ms or result.latency_ms))
     with _db(), transaction.atomic():

@@ -155,9 +155,7 @@ def response_submit(
     """
     with transaction.atomic():
         participant = _lock(participant_id)
-        _require_consent(participant)
-        if participant.step != phase:
-            raise StepError(participant.step)
+        _require_step(participant, phase)
         protocol = Protocol(participant.version.spec)
         item_ids = protocol.phase_item_ids(phase, participant.form_order)
         answered = set(participant.responses.filter(phase=phase).values_list("item_id", flat=True))
@@ -201,9 +199,7 @@ def chat_send(*, participant_id: int, text: str, nonce: str = "") -> Turn:
 
 def _conversation(participant: Participant):
     """Call with the participant's row locked."""
-    _require_consent(participant)
-    if participant.step != Step.EXPLANATION:
-        raise StepError(participant.step)
+    _require_step(participant, Step.EXPLANATION)
     if participant.conversation is None:
         pretest = [(r.item_id, r.score) for r in participant.responses.filter(phase=Step.PRE_TEST) if r.score is not None]
         participant.conversation = explainer_services.conversation_start(
@@ -217,9 +213,7 @@ def chat_retry(*, participant_id: int, turn_id: int) -> Turn:
     """Send a failed message again."""
     with transaction.atomic():
         participant = _lock(participant_id)
-        _require_consent(participant)
-        if participant.step != Step.EXPLANATION:
-            raise StepError(participant.step)
+        _require_step(participant, Step.EXPLANATION)
         turn = Turn.objects.get(pk=turn_id, conversation_id=participant.conversation_id, author=Turn.Author.PARTICIPANT)
         return explainer_services.turn_retry(turn=turn)
 
@@ -228,9 +222,7 @@ def explanation_finish(*, participant_id: int, client: str = "") -> Participant:
     """Leave the explanation step, once the arm's minimum time has passed."""
     with transaction.atomic():
         participant = _lock(participant_id)
-        _require_consent(participant)
-        if participant.step != Step.EXPLANATION:
-            raise StepError(participant.step)
+        _require_step(participant, Step.EXPLANATION)
         arm = Protocol(participant.version.spec).arms[participant.arm]
         min_seconds = int(arm.get("limits", {}).get("min_seconds") or 0)
         visit = PageVisit.objects.filter(participant=participant, page=Step.EXPLANATION).first()
@@ -258,9 +250,7 @@ def participant_complete(*, participant_id: int, client: str = "") -> tuple[Part
         participant = _lock(participant_id)
         if participant.status == Participant.Status.COMPLETED:
             return participant, False
-        _require_consent(participant)
-        if participant.step != Step.DEBRIEF:
-            raise StepError(participant.step)
+        _require_step(participant, Step.DEBRIEF)
         _visit_submit(participant, page=Step.DEBRIEF, client=client)
         participant.status = Participant.Status.COMPLETED
         participant.step = Step.DONE
@@ -279,6 +269,13 @@ def _lock(participant_id: int) -> Participant:
 def _require_consent(participant: Participant) -> None:
     if not participant.has_consented or participant.status != Participant.Status.ACTIVE:
         raise ConsentRequired(f"participant {participant.pk} has no active consent")
+
+
+def _require_step(participant: Participant, step: str) -> None:
+    """Refuse unless the participant has an active consent and is at `step`."""
+    _require_consent(participant)
+    if participant.step != step:
+        raise StepError(participant.step)
 
 
 def _advance(participant: Participant) -> None:

@@ -40,11 +40,13 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "csp",
     "studies",
     "explainers",
     "participants",
     "analysis",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -146,7 +148,9 @@ WHITENOISE_USE_FINDERS = DEBUG or DEMO
 # WhiteNoise hands Django a synchronous file iterator; under ASGI Django warns once per static file.
 warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/console/login/"
+LOGIN_REDIRECT_URL = "/console/"
+LOGOUT_REDIRECT_URL = "/console/login/"
 
 # Language models. Keys only from the environment; with none configured, chat arms answer from the
 # scripted demo model at SCRIPTED_LLM_URL (started by `run.py demo` and by the tests), and say so.

@@ -14,5 +14,6 @@ def healthz(request):
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("", include("console.urls")),
     path("", include("participants.urls")),
 ]

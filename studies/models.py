@@ -65,3 +65,51 @@ class StudyAsset(models.Model):
 
     def __str__(self) -> str:
         return self.path
+
+
+class Membership(models.Model):
+    """A researcher's role on one study. Access to a study goes only through `study_get_for_researcher`."""
+
+    class Role(models.TextChoices):
+        OWNER = "owner"      # everything, and manages members
+        EDITOR = "editor"    # loads versions, launches, pauses, closes
+        ANALYST = "analyst"  # reads participants' data, exports, reports
+        VIEWER = "viewer"    # the monitor only
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey("auth.User", on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["study", "user"], name="membership_one_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.role} of {self.study_id}"
+
+
+class AuditEvent(models.Model):
+    """One researcher action that changed something. Append-only and hash-chained.
+
+    `hash` is sha256 over the previous row's hash and this row's fields (`studies.audit`), so an
+    edited or deleted row breaks the chain; a PostgreSQL trigger refuses UPDATE and DELETE.
+    The actor is kept by id and name, not by foreign key, so that no later change touches the row.
+    """
+
+    at = models.DateTimeField()
+    actor_id = models.IntegerField(null=True, blank=True)
+    actor = models.CharField(max_length=150, help_text="username, or 'system' for automatic actions")
+    action = models.CharField(max_length=64)
+    study_slug = models.CharField(max_length=63, blank=True, db_index=True)
+    object_type = models.CharField(max_length=64, blank=True)
+    object_id = models.CharField(max_length=128, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.study_slug}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from explainers.learner import ACTS
 from explainers.models import LLMCall, Turn
 from participants.models import Participant, Step
 from studies.models import StudyVersion
@@ -91,6 +92,10 @@ def _tables() -> tuple[Table, ...]:
                "to first input (very low values suggest scripted answering).", unit="ms"),
             _c("pages_reloaded", "integer", "Integrity: number of pages shown more than once (reloads, Back).",
                unit="count"),
+            _c("learner_model_from", "string", "Ablation `learner_model: mismatched`: pseudonym of the participant "
+               "whose learner-model snapshots the explainer was shown; empty otherwise."),
+            _c("yoked_from", "string", "Yoked static arm: pseudonym of the participant whose agentic transcript "
+               "was shown; empty when none was available (the arm's material was shown) or the arm is not yoked."),
         ), row="participant"),
         Table("responses", "One row per answered item per phase.", (
             VERSION, PSEUDONYM,
@@ -121,10 +126,20 @@ def _tables() -> tuple[Table, ...]:
             _c("scripted", "boolean", "True when the reply came from the scripted demo model, not a real LLM.",
                nullable=False),
             _c("error_kind", "string", "Why the reply failed (timeout, rate_limit, ...); empty if it did not."),
+            _c("act", "string", "Explainer turns of the tutor and agentic arms: the pedagogical act.",
+               allowed=ACTS),
+            _c("concept", "string", "Explainer turns of the tutor and agentic arms: the concept the turn targets."),
+            _c("check_item", "string", "A check question: the practice item it asks (never a test item)."),
+            _c("answers_check_turn_id", "integer", "A participant turn that answers a check question: that "
+               "question's turn_id."),
+            _c("check_correct", "boolean", "A participant turn that answers a check question: whether the answer "
+               "was right."),
+            _c("tool_calls", "string", "Agentic explainer turns: JSON list of the target tools called (name, "
+               "arguments, result, refused)."),
         ), row="chat turn"),
         Table("llm_calls", "One row per provider request (each attempt, retry and purpose is its own row).", (
             VERSION, PSEUDONYM, TURN_ID,
-            _c("purpose", "string", "What the call was for (`reply`, ...).", nullable=False),
+            _c("purpose", "string", "What the call was for: `reply`; in agentic arms also `learner_update`, `posttest_prediction`, `meeting_note`.", nullable=False),
             _c("attempt", "integer", "Attempt number for this turn and purpose (1 = first).", nullable=False),
             _c("status", "string", "`started` = never finished (worker lost mid-call).",
                allowed=LLMCall.Status.values, nullable=False),
@@ -154,7 +169,7 @@ def _tables() -> tuple[Table, ...]:
             _c("state", "json", "The snapshot: per-concept mastery and evidence, misconceptions, background, "
                "next goal, why it changed (JSON text).", nullable=False),
             _c("created_at", "datetime", "When the snapshot was stored.", unit=_TS, nullable=False),
-        ), row="learner-model snapshot", note="Arms with a learner model only (tutor; agentic when it lands)."),
+        ), row="learner-model snapshot", note="Arms with a learner model only (tutor; agentic unless its learner_model option is false)."),
         Table("predictions", "The explainer's prediction of each post-test answer, made before the post-test.", (
             VERSION, PSEUDONYM,
             _c("item_id", "string", "The post-test item.", nullable=False),

@@ -4,7 +4,7 @@ A learner model is a JSON document (schema below, versioned). It starts from the
 concept: knowledge tracing over that concept's pre-test answers) and is stored as a new
 snapshot after every participant turn. `next_move` chooses the explainer's next act from it; the
 `tutor` arm updates it by Bayesian knowledge tracing (`rule_taught`, `rule_update`); the `agentic`
-arm is to update it by a structured LLM call.
+arm updates it by a structured LLM call (`update_schema`), with the rules as its fallback.
 """
 import copy
 
@@ -60,6 +60,35 @@ def learner_model_validate(state: dict) -> None:
     errors = [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in _validator.iter_errors(state)]
     if errors:
         raise ValueError("; ".join(errors))
+
+
+def update_schema(concepts: list[str]) -> dict:
+    """The learner model's schema for one study, in the subset that strict structured output accepts.
+
+    Strict `json_schema` output (OpenAI, and servers that enforce it) wants every property listed and
+    required, so the concepts are spelled out; bounds are checked afterwards by `learner_model_validate`.
+    """
+    entry = {
+        "type": "object", "additionalProperties": False, "required": ["mastery", "evidence"],
+        "properties": {"mastery": {"type": "number"}, "evidence": {"type": "array", "items": {"type": "string"}}},
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["schema_version", "concepts", "misconceptions", "background", "next_goal", "why"],
+        "properties": {
+            "schema_version": {"type": "integer", "enum": [SCHEMA_VERSION]},
+            "concepts": {"type": "object", "additionalProperties": False, "required": list(concepts),
+                         "properties": {concept: entry for concept in concepts}},
+            "misconceptions": {"type": "array", "items": {"type": "string"}},
+            "background": {"type": "string"},
+            "next_goal": {
+                "type": "object", "additionalProperties": False, "required": ["concept", "act"],
+                "properties": {"concept": {"type": ["string", "null"]}, "act": {"type": "string", "enum": list(ACTS)}},
+            },
+            "why": {"type": "string"},
+        },
+    }
 
 
 def guess_rate(item: dict) -> float:
@@ -150,6 +179,20 @@ def rule_update(state: dict, *, concept: str, correct: bool, label: str, guess: 
     entry["evidence"].append(f"{label}: {'right' if correct else 'wrong'}")
     new["why"] = f"check on {concept} answered {'right' if correct else 'wrong'}: mastery {before:g} → {entry['mastery']:g}"
     return new
+
+
+def rule_step(state: dict, *, taught: tuple[str, str] | None, check: tuple[str, bool, str, float] | None) -> dict:
+    """The rule update for one exchange: the learning step for what was taught, then Bayes on a check answer.
+
+    `taught` is (concept, act) of the explainer's last turn when it taught; `check` is (concept, correct,
+    label, guess rate) when the participant answered a check question.
+    """
+    if taught is not None:
+        state = rule_taught(state, concept=taught[0], act=taught[1])
+    if check is not None:
+        concept, correct, label, guess = check
+        state = rule_update(state, concept=concept, correct=correct, label=label, guess=guess)
+    return state
 
 
 def predict_correct(state: dict, concept: str | None, *, guess: float = 0.25) -> float:

@@ -23,6 +23,14 @@ class Conversation(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
     end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True)
     meeting_note = models.TextField(blank=True, help_text="the explainer's summary at the end of the step")
+    learner_model_from = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="learner_model: mismatched: the conversation whose snapshots the explainer was shown",
+    )
+    yoked_from = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="a yoked static arm: the transcript shown (empty: none was available, the material was shown)",
+    )
 
     def __str__(self) -> str:
         return f"conversation {self.pk} ({self.arm})"
@@ -58,6 +66,10 @@ class Turn(models.Model):
         help_text="the explainer's check question this participant turn answers",
     )
     check_correct = models.BooleanField(null=True, blank=True)
+    tool_calls = models.JSONField(
+        default=list, blank=True,
+        help_text="the target tools the explainer called for this turn: name, arguments, result, refused",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     not_before = models.DateTimeField(null=True, blank=True, help_text="no provider call before (Retry-After)")

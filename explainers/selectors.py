@@ -25,7 +25,12 @@ class ConversationUsage:
 
 def conversation_usage(*, conversation: Conversation) -> ConversationUsage:
     """Return what the conversation has used of its arm's limits, and why it ended if it did."""
-    limits = Protocol(conversation.version.spec).arms[conversation.arm].get("limits") or {}
+    arm = Protocol(conversation.version.spec).arms[conversation.arm]
+    limits = dict(arm.get("limits") or {})
+    # The arm's budget caps the tokens per participant too: the tighter of the two ends the chat.
+    budget_tokens = (arm.get("budget") or {}).get("max_tokens_per_participant")
+    if budget_tokens:
+        limits["tokens"] = min(limits.get("tokens") or budget_tokens, budget_tokens)
     turns_used = conversation.turns.filter(author=Turn.Author.PARTICIPANT).count()
     tokens = LLMCall.objects.filter(turn__conversation=conversation).aggregate(
         i=Sum("input_tokens"), o=Sum("output_tokens")
@@ -52,3 +57,19 @@ def conversation_usage(*, conversation: Conversation) -> ConversationUsage:
 
 def conversation_transcript(*, conversation: Conversation) -> list[Turn]:
     return list(conversation.turns.order_by("id"))
+
+
+def yoked_transcript_pick(*, version, arm_id: str, position: int) -> Conversation | None:
+    """Return the `position`-th (from 1) conversation of an arm to have ended, in order of ending, or None yet."""
+    ended = Conversation.objects.filter(version=version, arm=arm_id, ended_at__isnull=False).order_by("ended_at", "id")
+    return ended[position - 1:position].first() if position >= 1 else None
+
+
+def yoked_transcript(*, conversation: Conversation) -> list[Turn]:
+    """Return the turns a yoked participant reads: the written turns of the transcript shown to them
+    (none when no transcript was available and the material was shown instead)."""
+    if conversation.yoked_from_id is None:
+        return []
+    return list(Turn.objects.filter(conversation_id=conversation.yoked_from_id)
+                .exclude(author=Turn.Author.EXPLAINER, status__in=[Turn.Status.PENDING, Turn.Status.FAILED])
+                .exclude(author=Turn.Author.PARTICIPANT, status=Turn.Status.FAILED).order_by("id"))

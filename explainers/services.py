@@ -3,7 +3,9 @@
 `reply_generate` is the worker's job. It is safe to run twice for one turn: the turn's status, a
 Redis lease held while a provider call is in flight, and the unique `Turn.reply_to` make sure a
 turn gets exactly one reply. It makes one provider attempt per run; a retryable failure asks the
-task to run again after a backoff (docs/chat.md explains the timing budget).
+task to run again after a backoff (docs/chat.md explains the timing budget). An agentic turn takes
+several calls (learner-model update, tool rounds, reply): each run makes the next one and answers
+"continue" (docs/agentic.md).
 """
 import logging
 import random
@@ -22,12 +24,12 @@ from django.utils import timezone
 from studies.models import StudyVersion
 from studies.protocol import Protocol
 
-from . import tutor
+from . import agentic, tutor
 from .endpoints import llm_endpoint
 from .models import Conversation, LLMCall, Turn
 from .policies import chat_messages
 from .providers import LLMRequest, ProviderError, llm_call
-from .selectors import conversation_usage
+from .selectors import conversation_usage, yoked_transcript_pick
 from .streaming import TurnStream, _sync_client
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class ArmUnavailable(Exception):
 
 @dataclass(frozen=True)
 class ReplyOutcome:
-    state: str                    # answered | failed | retry | skipped | busy
+    state: str                    # answered | failed | retry | skipped | busy | continue (another call is due)
     retry_in_s: float | None = None
 
 
@@ -75,10 +77,13 @@ def _db():
 
 
 def conversation_start(*, version: StudyVersion, arm_id: str, language: str,
-                       pretest: list[tuple[str, float]]) -> Conversation:
-    """Start the conversation of a chat or tutor arm; the tutor speaks first.
+                       pretest: list[tuple[str, float]], position: int | None = None) -> Conversation:
+    """Start the conversation of a chat, agentic or tutor arm (the tutor and a proactive agentic arm
+    speak first), or the record of what a yoked static arm shows.
 
     `pretest` is the participant's (item id, score) per scored pre-test item: the learner model starts from it.
+    `position` is the participant's place in their arm's allocation order (1 = first): a yoked arm shows
+    the transcript that ended in that place. Call inside a transaction.
     """
     arm = Protocol(version.spec).arms[arm_id]
     if arm["kind"] == "tutor":
@@ -87,19 +92,34 @@ def conversation_start(*, version: StudyVersion, arm_id: str, language: str,
         )
         tutor.tutor_open(conversation=conversation, pretest=pretest)
         return conversation
-    endpoint = llm_endpoint(arm.get("llm")) if arm["kind"] == "chat" else None
+    yoked_to = (arm.get("options") or {}).get("yoked_to")
+    if arm["kind"] == "static" and yoked_to:
+        shown = yoked_transcript_pick(version=version, arm_id=yoked_to, position=position or 1)
+        return Conversation.objects.create(
+            version=version, version_sha256=version.sha256, arm=arm_id, language=language, yoked_from=shown,
+            scripted=bool(shown and shown.scripted),
+        )
+    endpoint = llm_endpoint(arm.get("llm")) if arm["kind"] in ("chat", "agentic") else None
     if endpoint is None:
         raise ArmUnavailable(arm_id)
-    return Conversation.objects.create(
+    conversation = Conversation.objects.create(
         version=version, version_sha256=version.sha256, arm=arm_id, language=language, scripted=endpoint.scripted
     )
+    if arm["kind"] == "agentic":
+        opening = agentic.agentic_open(conversation=conversation, pretest=pretest)
+        if opening is not None:
+            _enqueue_on_commit(opening.id)
+    return conversation
 
 
 def conversation_finish(*, conversation: Conversation, post_items: list[dict]) -> None:
     """End the explanation step: the explainer predicts the post-test answers and writes its note."""
     conversation_end(conversation=conversation, reason=Conversation.EndReason.PARTICIPANT)
-    if Protocol(conversation.version.spec).arms[conversation.arm]["kind"] == "tutor":
+    kind = Protocol(conversation.version.spec).arms[conversation.arm]["kind"]
+    if kind == "tutor":
         tutor.tutor_finish(conversation=conversation, post_items=post_items)
+    elif kind == "agentic":
+        agentic.agentic_finish(conversation=conversation, post_items=post_items)
 
 
 def conversation_end(*, conversation: Conversation, reason: str) -> None:
@@ -124,7 +144,7 @@ def turn_create(*, conversation: Conversation, text: str, nonce: str = "") -> Tu
         raise LimitReached(usage.end_reason)
     if usage.turns_max is not None and usage.turns_used >= usage.turns_max:
         raise LimitReached(Conversation.EndReason.TURNS)
-    if conversation.turns.filter(author=Turn.Author.PARTICIPANT, status=Turn.Status.PENDING).exists():
+    if conversation.turns.filter(status=Turn.Status.PENDING).exists():  # a message's reply, or the opening
         raise TurnInFlight()
     turn = Turn.objects.create(
         conversation=conversation, author=Turn.Author.PARTICIPANT, text=text, status=Turn.Status.PENDING,
@@ -159,7 +179,8 @@ def _enqueue_on_commit(turn_id: int) -> None:
 
 
 def reply_generate(*, turn_id: int) -> ReplyOutcome:
-    """Make one provider attempt at the reply to a participant's turn and store what came of it."""
+    """Make one provider attempt at the reply to a participant's turn (or at an agentic arm's opening, or
+    at one of the other calls of an agentic turn) and store what came of it."""
     with _db():
         turn = Turn.objects.select_related("conversation__version").filter(pk=turn_id).first()
         if turn is None or turn.status != Turn.Status.PENDING:
@@ -167,7 +188,8 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
         if turn.not_before and turn.not_before > timezone.now():
             return ReplyOutcome("retry", (turn.not_before - timezone.now()).total_seconds())
         conversation = turn.conversation
-        llm = Protocol(conversation.version.spec).arms[conversation.arm]["llm"]
+        arm = Protocol(conversation.version.spec).arms[conversation.arm]
+        llm = arm["llm"]
         budget_s = float(llm["timeout_s"])  # at most studies.spec.LLM_TIMEOUT_MAX_S, by the file's schema
         lease = _Lease(turn_id, ttl_s=budget_s + 5)
         if not lease.acquire():
@@ -178,34 +200,90 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
         if endpoint is None:
             lease.release()
             return _fail(turn, "unavailable", TurnStream(turn_id))
-        request = LLMRequest(
-            provider=endpoint.provider, model=llm["model"], messages=chat_messages(conversation=conversation, upto=turn),
-            params=dict(llm["params"]), base_url=endpoint.base_url, timeout_s=budget_s,
-        )
-        previous = list(turn.llm_calls.filter(purpose=REPLY).values_list("status", flat=True))
-        call = LLMCall.objects.create(
-            turn=turn, purpose=REPLY, attempt=len(previous) + 1, provider=endpoint.provider, model=llm["model"],
-            scripted=endpoint.scripted, request=_request_log(request), started_at=timezone.now(),
-            version_sha256=conversation.version_sha256,
-        )
+        if arm["kind"] == "agentic":
+            plan = agentic.agentic_plan(turn=turn, conversation=conversation, arm=arm, endpoint=endpoint)
+        else:
+            request = LLMRequest(
+                provider=endpoint.provider, model=llm["model"], messages=chat_messages(conversation=conversation, upto=turn),
+                params=dict(llm["params"]), base_url=endpoint.base_url, timeout_s=budget_s,
+            )
+            plan = agentic.Plan(REPLY, request, streams=True)
+        previous = list(turn.llm_calls.filter(purpose=plan.purpose).values_list("status", flat=True))
+        call = _call_create(turn, plan, len(previous) + 1, endpoint, conversation)
         failures = sum(1 for status in previous if status == LLMCall.Status.ERROR)
     stream = TurnStream(turn_id)
-    if previous:
-        stream.publish("reset")  # a new attempt: the browser drops what an earlier one showed
+    if plan.streams and previous and previous[-1] != LLMCall.Status.OK:
+        stream.publish("reset")  # a new attempt after a failed one: the browser drops what it showed
 
     def on_delta(text: str) -> None:
-        stream.delta(text)
+        if plan.streams:  # a structured answer (the learner model) is never shown to the participant
+            stream.delta(text)
         lease.renew()
 
     try:
-        result = llm_call(request, on_delta=on_delta)
+        result = llm_call(plan.request, on_delta=on_delta)
     except ProviderError as error:
         result = error
     stream.flush()  # the last coalesced text, before the outcome is written
     lease.release()
     if isinstance(result, ProviderError):
+        if plan.purpose != REPLY:  # the learner-model update: no retry, the next run falls back to the rules
+            _call_failed(call, result)
+            return ReplyOutcome("continue")
         return _attempt_failed(turn, call, result, failures + 1, llm, stream)
-    return _attempt_succeeded(turn, call, result, llm, endpoint.scripted, stream)
+    if arm["kind"] != "agentic":
+        return _attempt_succeeded(turn, call, result, llm, endpoint.scripted, stream)
+    tool_results = agentic.tool_round_results(plan, result)  # runs the target locally: no network
+    if plan.purpose != REPLY or tool_results is not None:
+        response = result.response if tool_results is None else {**result.response, "tool_results": tool_results}
+        with _db():
+            _call_succeeded(call, result, llm, response)
+        return ReplyOutcome("continue")
+    return _agentic_reply_succeeded(turn, call, result, llm, endpoint.scripted, stream, plan)
+
+
+def _call_create(turn: Turn, plan, attempt: int, endpoint, conversation: Conversation) -> LLMCall:
+    return LLMCall.objects.create(
+        turn=turn, purpose=plan.purpose, attempt=attempt, provider=endpoint.provider, model=plan.request.model,
+        scripted=endpoint.scripted, request=_request_log(plan.request), started_at=timezone.now(),
+        version_sha256=conversation.version_sha256,
+    )
+
+
+def _call_succeeded(call: LLMCall, result, llm: dict, response: dict | None = None) -> None:
+    LLMCall.objects.filter(pk=call.pk).update(
+        status=LLMCall.Status.OK, response=result.response if response is None else response,
+        model_reported=result.model or "", ttft_ms=result.ttft_ms, latency_ms=result.latency_ms,
+        input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+        cost_usd=_cost(llm, result.input_tokens, result.output_tokens),
+    )
+
+
+def _call_failed(call: LLMCall, error: ProviderError) -> None:
+    with _db():
+        LLMCall.objects.filter(pk=call.pk).update(
+            status=LLMCall.Status.ERROR, error_kind=error.kind, error=str(error)[:2000], http_status=error.status,
+            retry_after_s=error.retry_after, ttft_ms=getattr(error, "ttft_ms", None),
+            latency_ms=getattr(error, "latency_ms", None), response={"partial_text": error.partial_text or ""},
+        )
+
+
+def _agentic_reply_succeeded(turn, call, result, llm, scripted, stream, plan) -> ReplyOutcome:
+    now = timezone.now()
+    first_token_at = now - timedelta(milliseconds=result.latency_ms - (result.ttft_ms or result.latency_ms))
+    with _db(), transaction.atomic():
+        _call_succeeded(call, result, llm)
+        locked = Turn.objects.select_for_update(of=("self",)).select_related("conversation__version").get(pk=turn.pk)
+        if locked.status != Turn.Status.PENDING:
+            return ReplyOutcome("skipped")
+        reply = agentic.agentic_reply_save(plan=plan, turn=locked, result=result, scripted=scripted,
+                                           first_token_at=first_token_at)
+        conversation = locked.conversation
+        usage = conversation_usage(conversation=conversation)
+        if usage.end_reason:
+            conversation_end(conversation=conversation, reason=usage.end_reason)
+    stream.publish("done", reply_id=reply.id)
+    return ReplyOutcome("answered")
 
 
 def _request_log(request: LLMRequest) -> dict:
@@ -228,11 +306,7 @@ def _attempt_succeeded(turn, call, result, llm, scripted, stream) -> ReplyOutcom
     first_token_at = now - timedelta(milliseconds=result.latency_ms - (result.ttft_ms or result.latency_ms))
     with _db(), transaction.atomic():
         locked = Turn.objects.select_for_update().get(pk=turn.pk)
-        LLMCall.objects.filter(pk=call.pk).update(
-            status=LLMCall.Status.OK, response=result.response, model_reported=result.model or "",
-            ttft_ms=result.ttft_ms, latency_ms=result.latency_ms, input_tokens=result.input_tokens,
-            output_tokens=result.output_tokens, cost_usd=_cost(llm, result.input_tokens, result.output_tokens),
-        )
+        _call_succeeded(call, result, llm)
         if locked.status != Turn.Status.PENDING:
             return ReplyOutcome("skipped")
         reply = Turn.objects.create(
@@ -250,12 +324,8 @@ def _attempt_succeeded(turn, call, result, llm, scripted, stream) -> ReplyOutcom
 
 
 def _attempt_failed(turn, call, error: ProviderError, failures: int, llm, stream) -> ReplyOutcome:
+    _call_failed(call, error)
     with _db():
-        LLMCall.objects.filter(pk=call.pk).update(
-            status=LLMCall.Status.ERROR, error_kind=error.kind, error=str(error)[:2000], http_status=error.status,
-            retry_after_s=error.retry_after, ttft_ms=getattr(error, "ttft_ms", None),
-            latency_ms=getattr(error, "latency_ms", None), response={"partial_text": error.partial_text or ""},
-        )
         logger.warning("reply attempt failed: turn %s attempt %s %s", turn.pk, call.attempt, error.kind)
         if error.retryable and failures <= int(llm["max_retries"]):
             delay = _backoff_s(failures, error.retry_after)
@@ -281,6 +351,45 @@ def _backoff_s(failures: int, retry_after: float | None) -> float:
     return delay
 
 
+def conversation_wrapup(*, conversation_id: int) -> ReplyOutcome:
+    """Make the next end-of-step call of an agentic conversation (post-test predictions, then the note).
+
+    One attempt each, no retry: the rule-based versions written when the step ended stay when a call
+    fails. Safe to run twice: a call already made (whatever its outcome) is not made again.
+    """
+    with _db():
+        conversation = Conversation.objects.select_related("version").filter(pk=conversation_id).first()
+        if conversation is None:
+            return ReplyOutcome("skipped")
+        arm = Protocol(conversation.version.spec).arms[conversation.arm]
+        endpoint = llm_endpoint(arm.get("llm")) if arm["kind"] == "agentic" else None
+        last = conversation.turns.order_by("-id").first()  # the calls are logged against the conversation's last turn
+        if endpoint is None or last is None:
+            return ReplyOutcome("skipped")
+        done = set(LLMCall.objects.filter(turn__conversation=conversation, purpose__in=[agentic.PREDICTION, agentic.NOTE])
+                   .values_list("purpose", flat=True))
+        plan = agentic.wrapup_plan(conversation=conversation, arm=arm, endpoint=endpoint, done=done)
+        if plan is None:
+            return ReplyOutcome("answered")
+        lease = _Lease(conversation_id, ttl_s=float(arm["llm"]["timeout_s"]) + 5, kind="conversation")
+        if not lease.acquire():
+            return ReplyOutcome("busy", lease.remaining_s() + 0.5)
+        attempt = last.llm_calls.filter(purpose=plan.purpose).count() + 1
+        call = _call_create(last, plan, attempt, endpoint, conversation)
+    try:
+        result = llm_call(plan.request, on_delta=lambda _text: lease.renew())
+    except ProviderError as error:
+        result = error
+    lease.release()
+    if isinstance(result, ProviderError):
+        _call_failed(call, result)
+        return ReplyOutcome("continue")
+    with _db(), transaction.atomic():
+        _call_succeeded(call, result, arm["llm"])
+        agentic.wrapup_save(plan=plan, conversation=conversation, result=result)
+    return ReplyOutcome("continue")
+
+
 def turns_sweep() -> list[int]:
     """Queue again the turns left without a reply (broker flushed, worker lost); return their ids."""
     stale = timezone.now() - timedelta(seconds=settings.TURN_SWEEP_STALE_S)
@@ -304,10 +413,10 @@ def turns_sweep() -> list[int]:
 
 
 class _Lease:
-    """A short Redis lease on a turn: at most one provider call in flight per turn."""
+    """A short Redis lease on a turn (or a conversation's end-of-step calls): at most one provider call in flight."""
 
-    def __init__(self, turn_id: int, *, ttl_s: float):
-        self.key = f"teachback:turn:{turn_id}:lease"
+    def __init__(self, turn_id: int, *, ttl_s: float, kind: str = "turn"):
+        self.key = f"teachback:{kind}:{turn_id}:lease"
         self.token = secrets.token_hex(8)
         self.ttl_ms = int(ttl_s * 1000)
         self._renewed = 0.0

@@ -19,7 +19,26 @@ def reply_generate_task(self, turn_id: int) -> str:
         # The database refused (too many clients, a restart): the turn is still pending, so come back
         # soon rather than leave it to the sweeper.
         raise self.retry(exc=error, countdown=DB_RETRY_S) from error
+    if outcome.state == "continue":  # an agentic turn's next call: a delivery of its own (one attempt each)
+        raise self.retry(countdown=0)
     if outcome.state == "retry" or (outcome.state == "busy" and not self.request.is_eager):
+        raise self.retry(countdown=min(outcome.retry_in_s, settings.REPLY_MAX_COUNTDOWN_S))
+    return outcome.state
+
+
+@shared_task(
+    bind=True, acks_late=True, max_retries=None,
+    soft_time_limit=settings.REPLY_SOFT_LIMIT_S, time_limit=settings.REPLY_HARD_LIMIT_S,
+)
+def conversation_wrapup_task(self, conversation_id: int) -> str:
+    """The agentic arm's end-of-step calls (post-test predictions, the note), one per delivery."""
+    try:
+        outcome = services.conversation_wrapup(conversation_id=conversation_id)
+    except (OperationalError, InterfaceError) as error:
+        raise self.retry(exc=error, countdown=DB_RETRY_S) from error
+    if outcome.state == "continue":
+        raise self.retry(countdown=0)
+    if outcome.state == "busy" and not self.request.is_eager:
         raise self.retry(countdown=min(outcome.retry_in_s, settings.REPLY_MAX_COUNTDOWN_S))
     return outcome.state
 

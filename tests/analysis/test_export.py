@@ -313,3 +313,12 @@ def test_learner_model_snapshots_and_predictions_are_exported(launch, enter, ste
     predictions = _read(tmp_path, "predictions", "jsonl")
     assert len(predictions) == len(version.spec["instruments"]["post_test"]["forms"]["A"])
     assert predictions["p_correct"].between(0, 1).all()
+    turns = _read(tmp_path, "turns", "jsonl")
+    explainer = turns[turns["author"] == "explainer"]
+    assert explainer["act"].notna().all() and explainer["concept"].notna().any()  # what the tutor did, per turn
+    checks = explainer[explainer["act"] == "check"]
+    assert checks["check_item"].notna().all()
+    answers = turns[turns["answers_check_turn_id"].notna()]
+    assert len(answers) == 1  # "b" answered the check the tutor asked
+    assert set(answers["answers_check_turn_id"]) <= set(checks["turn_id"])
+    assert answers["check_correct"].notna().all()

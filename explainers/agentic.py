@@ -1,0 +1,473 @@
+"""The `agentic` arm: a language model that keeps a model of the learner and teaches on its own initiative.
+
+The policy is the tutor's (`learner.next_move`: the least mastered concept the learner is ready for, a
+check question from the practice bank, a correction after a wrong answer, a summary at the end); the
+language model updates the learner model (a structured-output call) and writes every turn, and may ask
+the study's target through tools. docs/agentic.md describes the prompts, the calls and the ablations.
+
+A turn's calls are made one per task delivery (the timing budget of docs/chat.md holds for each): the
+worker asks `agentic_plan` for the next call from what the turn's `LLMCall` rows already hold (the
+learner-model update, then reply rounds, each tool round recorded in its row), makes it, and stores
+its outcome; the reply's last round saves the explainer's turn and the snapshot in one transaction.
+"""
+import json
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+
+from studies.protocol import Protocol
+
+from .endpoints import Endpoint
+from .learner import (
+    guess_rate, learner_model_initial, learner_model_validate, next_move, rule_step, update_schema,
+)
+from .models import Conversation, LearnerModelSnapshot, LLMCall, PostTestPrediction, Turn
+from .policies import (
+    TAUGHT_ACTS, arm_material, check_item_next, check_question_text, conversation_end_complete, conversation_history,
+    fit_to_budget, latest_snapshot, learner_model_from_pretest, meeting_note_by_template, move_text, option_chosen,
+    predicted_answer, predictions_by_rules, previous_explainer_turn, snapshot_store, state_of_play,
+)
+from .providers import LLMRequest, LLMResult
+from .tools import TargetTools, target_tools, tool_exchange_messages
+
+UPDATE, REPLY, PREDICTION, NOTE = "learner_update", "reply", "posttest_prediction", "meeting_note"
+TOOL_ROUNDS_MAX = 3           # rounds of tool calls before the model must write its reply
+STRUCTURED_MAX_TOKENS = 2000  # a whole learner model (or every post-test item) must fit in one answer
+OPENING_CUE = "(The participant has opened the chat. Begin the conversation.)"
+LANGUAGE_NAMES = {"en": "English", "zh-hans": "Simplified Chinese (简体中文)"}
+
+ROLE_PROACTIVE = (
+    "You lead this conversation. Teach the concepts below one at a time, making the move that the next_move "
+    "section gives, and check understanding with the questions it gives. If the participant asks something, "
+    "answer it briefly first, then make your move. Keep every message under 120 words."
+)
+ROLE_ANSWER_ONLY = (
+    "Answer what the participant asks, truthfully, briefly and plainly. Do not take the initiative: do not "
+    "ask questions of your own and do not move on to topics they did not ask about."
+)
+MODEL_NOTE = (
+    "This is your current model of the participant: mastery is the probability (0 to 1) that they know each "
+    "concept, misconceptions are what they seem to believe wrongly. Pitch your message to it; never show it "
+    "or mention its numbers."
+)
+TOOLS_NOTE = (
+    "You can ask the model itself with the tools predict(input) and what_if(input, feature, value). Use them "
+    "for concrete examples and report the model's real outputs, never guesses. The study's test cases are "
+    "held out: a call on one of them is refused."
+)
+ACT_INSTRUCTIONS = {
+    "explain": "Explain this concept in two to four short sentences, in plain words. Then invite the participant "
+               "to say when they are ready, or to ask.",
+    "example": "Show this concept on one concrete case: ask the model with a tool and report what it answers.",
+    "analogy": "Make this concept vivid with one short everyday analogy, then relate it back to the model.",
+    "check": "Ask the check question exactly as written, with its options and their letters, and ask the "
+             "participant to answer with a letter. Do not hint at the answer.",
+    "correction": "The participant answered the last check question wrongly. Say so kindly, give the right "
+                  "answer and why, in two or three sentences.",
+    "summary": "Summarise how the model decides in a few short bullet points, one per concept, and tell the "
+               "participant they can continue when they are ready.",
+}
+UPDATE_TASK = (
+    "You keep an explainer's model of one participant who is learning how a model decides. Update it from "
+    "the last exchange (below: what the explainer said, what the participant answered, and the evidence). "
+    "Mastery is the probability (0 to 1) that the participant knows the concept: raise it a little when a "
+    "concept was taught, more after a right answer to a check question, and lower it after a wrong one or "
+    "when the participant shows a misconception. Keep each concept's evidence to its five most recent notes; "
+    "list misconceptions they showed; background is what you learned about them; why says what changed at "
+    "this turn and why. Return the whole model as JSON."
+)
+PREDICTION_TASK = (
+    "The explanation is over. From your model of the participant, give for every post-test item below the "
+    "probability (0 to 1) that they will answer it correctly."
+)
+NOTE_TASK = (
+    "The explanation is over. Write the participant a short note (three to five sentences, addressed to "
+    "them as 'you'): what you covered together, what seemed clear, and what is worth another look. "
+    "No lists, no numbers from the model."
+)
+
+
+@dataclass
+class Plan:
+    """The next provider call for a turn, and what saving its outcome needs."""
+
+    purpose: str
+    request: LLMRequest
+    streams: bool = False                       # text deltas go to the participant
+    move: dict | None = None
+    check_item: str = ""
+    snapshot: tuple[dict, str] | None = None    # (state, source) to store with the reply
+    graded: tuple[int, bool] | None = None      # (the check question's turn id, answered right)
+    earlier_text: str = ""                      # text the model wrote in earlier tool rounds
+    tool_record: list = field(default_factory=list)
+    tools: TargetTools | None = None
+    final_round: bool = True
+
+
+def agentic_options(arm: dict) -> tuple[bool, object]:
+    """Return (proactive, learner_model mode) of an agentic arm; studies.spec checks the values."""
+    options = arm.get("options") or {}
+    return bool(options.get("proactive", True)), options.get("learner_model", True)
+
+
+def _concepts_json(protocol: Protocol, lang: str) -> str:
+    concepts = [{"id": c["id"], "label": protocol.text(c["label"], lang), "description": protocol.text(c["description"], lang)}
+                for c in protocol.spec["concepts"]]
+    return json.dumps(concepts, ensure_ascii=False, indent=1)
+
+
+def _model_json(state: dict) -> str:
+    """The model as the prompt shows it, in the schema's order (the database keeps JSON keys in its own)."""
+    order = ("schema_version", "concepts", "misconceptions", "background", "next_goal", "why")
+    return json.dumps({k: state[k] for k in order if k in state}, ensure_ascii=False, indent=1)
+
+
+def _structured_params(llm: dict) -> dict:
+    return {**llm["params"], "max_tokens": max(int(llm["params"].get("max_tokens") or 0), STRUCTURED_MAX_TOKENS)}
+
+
+def _request(endpoint: Endpoint, llm: dict, messages: list[dict], **kwargs) -> LLMRequest:
+    kwargs.setdefault("params", dict(llm["params"]))
+    return LLMRequest(provider=endpoint.provider, model=llm["model"], messages=messages, base_url=endpoint.base_url,
+                      timeout_s=float(llm["timeout_s"]), **kwargs)
+
+
+# --------------------------------------------------------------------------- the start
+
+
+def agentic_open(*, conversation: Conversation, pretest: list[tuple[str, float]]) -> Turn | None:
+    """Initialise the learner model from the pre-test and, when the arm is proactive, create the opening turn.
+
+    The opening is an explainer turn with no text, `pending`, written by the worker like any reply (the
+    caller queues it on commit); the constraint `turn_one_opening_per_conversation` makes it unique. Call
+    inside the transaction that creates the conversation.
+    """
+    protocol = Protocol(conversation.version.spec)
+    proactive, mode = agentic_options(protocol.arms[conversation.arm])
+    if mode is not False:
+        snapshot_store(conversation, learner_model_from_pretest(protocol, pretest), turn=None,
+                       source=LearnerModelSnapshot.Source.PRETEST)
+    if mode == "mismatched":
+        # another participant's model: deterministically the previous conversation of this arm (none: one's own)
+        conversation.learner_model_from = (
+            Conversation.objects.filter(version=conversation.version, arm=conversation.arm, pk__lt=conversation.pk)
+            .order_by("-pk").first()
+        )
+        conversation.save(update_fields=["learner_model_from"])
+    if not proactive:
+        return None
+    return Turn.objects.create(
+        conversation=conversation, author=Turn.Author.EXPLAINER, text="", status=Turn.Status.PENDING,
+        scripted=conversation.scripted, enqueued_at=timezone.now(),
+    )
+
+
+# --------------------------------------------------------------------------- one turn
+
+
+def _valid_update(call: dict, concepts: list[str]) -> tuple[dict | None, str]:
+    """Return (the model from a learner-update call, '') or (None, why it cannot be used)."""
+    if call["status"] != LLMCall.Status.OK:
+        return None, f"the call did not succeed ({call['error_kind'] or 'no answer'})"
+    parsed = (call["response"] or {}).get("parsed")
+    if not isinstance(parsed, dict):
+        return None, "the answer held no JSON object"
+    try:
+        learner_model_validate(parsed)
+    except ValueError as error:
+        return None, f"invalid learner model: {error}"[:400]
+    if sorted(parsed["concepts"]) != sorted(concepts):
+        return None, "its concepts are not the study's"
+    return parsed, ""
+
+
+def _updated(own: dict, call: dict, concepts: list[str], question: Turn | None, item: dict | None,
+             graded: bool | None) -> tuple[dict, str]:
+    """The model after this turn: the LLM's update when it is valid, else the rule update (and why)."""
+    parsed, reason = _valid_update(call, concepts)
+    if parsed is not None:
+        return parsed, LearnerModelSnapshot.Source.LLM
+    taught = (question.concept, question.act) if question and question.act in TAUGHT_ACTS and question.concept else None
+    check = (question.concept, graded, f"check {question.check_item}", guess_rate(item)) if graded is not None else None
+    ruled = rule_step(own, taught=taught, check=check)
+    change = ruled["why"] if (taught or check) else "nothing to update by rule"
+    return {**ruled, "why": f"updated by rule because the LLM's update could not be used ({reason}): {change}"}, \
+        LearnerModelSnapshot.Source.RULES
+
+
+def _policy_state(conversation: Conversation, mode, state: dict | None, next_index: int, concepts: list[str]) -> dict:
+    """The model the explainer acts on: its own, the pre-test's (frozen), another participant's (mismatched),
+    or a flat one that knows nothing of the learner (no learner model)."""
+    if mode is False:
+        return learner_model_initial(concepts=concepts, pretest=[])
+    if mode == "frozen":
+        return conversation.snapshots.get(index=0).state
+    if mode == "mismatched" and conversation.learner_model_from_id:
+        donor = (LearnerModelSnapshot.objects.filter(conversation_id=conversation.learner_model_from_id,
+                                                     index__lte=next_index).order_by("-index").first())
+        if donor is not None:
+            return donor.state
+    return state
+
+
+def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint: Endpoint) -> Plan:
+    """Return the next provider call for a pending turn (a participant's message, or the opening)."""
+    protocol = Protocol(conversation.version.spec)
+    lang = conversation.language
+    llm = arm["llm"]
+    proactive, mode = agentic_options(arm)
+    concepts = [c["id"] for c in protocol.spec["concepts"]]
+    calls = list(turn.llm_calls.order_by("id").values("purpose", "status", "response", "error_kind"))
+    opening = turn.author == Turn.Author.EXPLAINER
+    question = None if opening else previous_explainer_turn(conversation, turn)
+    item = protocol.items[question.check_item] if question is not None and question.check_item else None
+    chosen = option_chosen(turn.text, item, protocol, lang) if item else None
+    graded = None if chosen is None else chosen == item["key"]
+    own = latest_snapshot(conversation)
+    state, snapshot = (own.state if own else None), None
+    if not opening and mode in (True, "mismatched"):
+        updates = [c for c in calls if c["purpose"] == UPDATE]
+        if not updates:  # one attempt only: a failure falls back to the rules rather than keep the participant waiting
+            return Plan(UPDATE, _update_request(turn, question, item, chosen, graded, own.state, protocol, lang,
+                                                llm, endpoint))
+        state, source = _updated(own.state, updates[-1], concepts, question, item, graded)
+        snapshot = (state, source)
+    policy_state = _policy_state(conversation, mode, state, own.index + 1 if own and snapshot else 0, concepts)
+    tools = target_tools(conversation=conversation)
+    move, check_item = None, ""
+    if proactive:
+        left, explained, asked = state_of_play(conversation)
+        if item is not None and chosen is None:  # not one of the options: answer what they said, ask again
+            move, check_item = {"concept": question.concept, "act": "check", "again": True}, question.check_item
+        else:
+            last_check = (question.concept, graded) if graded is not None else None
+            move = next_move(policy_state, concept_order=concepts, checks_left=left, explained=explained,
+                             last_check=last_check)
+            if move["act"] == "example" and tools is None:
+                move = {**move, "act": "analogy"}  # no target to ask: make the concept concrete another way
+            if move["act"] == "check":
+                check_item = check_item_next(protocol, move["concept"], asked)
+    if snapshot is not None:
+        snapshot = ({**snapshot[0], "next_goal": {"concept": move["concept"], "act": move["act"]}} if move
+                    else snapshot[0], snapshot[1])
+    rounds = [c for c in calls if c["purpose"] == REPLY and c["status"] == LLMCall.Status.OK]
+    exchange, record, earlier = [], [], []
+    for c in rounds:
+        response = c["response"] or {}
+        results = response.get("tool_results") or []
+        exchange += tool_exchange_messages(endpoint.provider, response.get("text") or "", results,
+                                           [r["result"] for r in results])
+        record += results
+        if (response.get("text") or "").strip():
+            earlier.append(response["text"].strip())
+    final_round = tools is None or len(rounds) >= TOOL_ROUNDS_MAX
+    model_shown = None if mode is False else policy_state
+    system = _reply_system(conversation, protocol, arm, lang, model_shown, move, check_item, graded, tools, proactive)
+    history = conversation_history(conversation=conversation, upto=turn)
+    messages = fit_to_budget([{"role": "system", "content": system}], history, llm, extra=exchange)
+    if len(messages) == 1 or messages[1]["role"] != "user":
+        messages.insert(1, {"role": "user", "content": OPENING_CUE})  # the explainer speaks first
+    params = dict(llm["params"])
+    if tools is not None and final_round:
+        params["tool_choice"] = {"type": "none"} if endpoint.provider == "anthropic" else "none"
+    request = _request(endpoint, llm, messages + exchange, params=params,
+                       tools=tools.definitions() if tools is not None else None)
+    return Plan(REPLY, request, streams=True, move=move, check_item=check_item, snapshot=snapshot,
+                graded=(question.pk, graded) if graded is not None else None, earlier_text="\n\n".join(earlier),
+                tool_record=record, tools=tools, final_round=final_round)
+
+
+def _update_request(turn, question, item, chosen, graded, state, protocol, lang, llm, endpoint) -> LLMRequest:
+    evidence = {
+        "explainer_act": question.act or None if question else None,
+        "concept": question.concept or None if question else None,
+        "check": None if item is None else {
+            "item": question.check_item, "question": protocol.text(item["prompt"], lang), "answer": chosen,
+            "correct": graded,
+        },
+    }
+    system = "\n\n".join([
+        UPDATE_TASK,
+        f"<concepts>\n{_concepts_json(protocol, lang)}\n</concepts>",
+        f"<learner_model>\n{_model_json(state)}\n</learner_model>",
+        f"<evidence>\n{json.dumps(evidence, ensure_ascii=False)}\n</evidence>",
+    ])
+    said = question.text if question is not None else "(nothing yet)"
+    messages = [{"role": "system", "content": system},
+                {"role": "user", "content": f"Explainer: {said}\n\nParticipant: {turn.text}"}]
+    concepts = [c["id"] for c in protocol.spec["concepts"]]
+    return _request(endpoint, llm, messages, params=_structured_params(llm),
+                    response_schema={"name": "learner_model", "schema": update_schema(concepts)})
+
+
+def _reply_system(conversation, protocol, arm, lang, state, move, check_item, graded, tools, proactive) -> str:
+    """The reply's system prompt: the arm's instructions, the material, the concepts, then (by the arm's
+    options) the learner model, the next move and the tools."""
+    parts = [protocol.text(arm.get("system_prompt"), lang), ROLE_PROACTIVE if proactive else ROLE_ANSWER_ONLY]
+    material = arm_material(conversation=conversation)
+    if material:
+        parts.append(f"<material>\n{material}\n</material>")
+    parts.append(f"<concepts>\n{_concepts_json(protocol, lang)}\n</concepts>")
+    if state is not None:
+        parts.append(f"<learner_model>\n{_model_json(state)}\n</learner_model>\n{MODEL_NOTE}")
+    if move is not None:
+        concept = next((c for c in protocol.spec["concepts"] if c["id"] == move["concept"]), None)
+        info = {"act": move["act"]}
+        if concept is not None:
+            info.update(concept=concept["id"], label=protocol.text(concept["label"], lang),
+                        description=protocol.text(concept["description"], lang))
+        if graded is not None:
+            info["previous_answer"] = "right" if graded else "wrong"
+        if check_item:
+            item = protocol.items[check_item]
+            info["question"] = protocol.text(item["prompt"], lang)
+            info["options"] = [{"id": o["id"], "text": protocol.text(o["text"], lang)} for o in item["options"]]
+            if move.get("again"):
+                info["again"] = "their last message did not pick an option: answer it briefly, then ask again"
+        parts.append(f"<next_move>\n{json.dumps(info, ensure_ascii=False)}\n</next_move>\n{ACT_INSTRUCTIONS[move['act']]}")
+    if tools is not None:
+        parts.append(f"<tools>\n{TOOLS_NOTE}\n</tools>")
+    parts.append(f"Write in {LANGUAGE_NAMES.get(lang, lang)}.")
+    return "\n\n".join(p.strip() for p in parts if p)
+
+
+def tool_round_results(plan: Plan, result: LLMResult) -> list[dict] | None:
+    """Run the tool calls of an intermediate round; None when the result is the reply itself."""
+    if plan.purpose != REPLY or plan.final_round or plan.tools is None or not result.tool_calls:
+        return None
+    out = []
+    for call in result.tool_calls:
+        value, refused = plan.tools.run(call)
+        out.append({"id": call["id"], "name": call["name"], "arguments": call["arguments"], "result": value,
+                    "refused": refused})
+    return out
+
+
+def agentic_reply_save(*, plan: Plan, turn: Turn, result: LLMResult, scripted: bool, first_token_at) -> Turn:
+    """Save the explainer's turn (the opening, filled in, or a new reply), the check answer and the snapshot.
+
+    Call inside the transaction that holds `turn`'s row lock and has seen it still pending.
+    """
+    conversation = turn.conversation
+    protocol = Protocol(conversation.version.spec)
+    lang = conversation.language
+    text = "\n\n".join(t for t in (plan.earlier_text, (result.text or "").strip()) if t)
+    with translation.override(lang):
+        if plan.check_item and protocol.text(protocol.items[plan.check_item]["prompt"], lang) not in text:
+            # the answer to a check is read against its options: the question is asked as written, always
+            text = f"{text}\n\n{check_question_text(protocol, plan.check_item, lang)}".strip()
+        if not text:
+            text = move_text(conversation, plan.move, plan.check_item) if plan.move else _(
+                "This message could not be answered.")
+    now = timezone.now()
+    fields = dict(text=text, status=Turn.Status.COMPLETE, scripted=scripted, act=plan.move["act"] if plan.move else "",
+                  concept=(plan.move["concept"] or "") if plan.move else "", check_item=plan.check_item,
+                  tool_calls=plan.tool_record, first_token_at=first_token_at, completed_at=now)
+    if turn.author == Turn.Author.EXPLAINER:  # the opening
+        for name, value in fields.items():
+            setattr(turn, name, value)
+        turn.save(update_fields=list(fields))
+        reply = turn
+    else:
+        reply = Turn.objects.create(conversation=conversation, author=Turn.Author.EXPLAINER, reply_to=turn, **fields)
+        turn.status = Turn.Status.ANSWERED
+        update = ["status"]
+        if plan.graded is not None:
+            turn.answers_check_id, turn.check_correct = plan.graded
+            update += ["answers_check", "check_correct"]
+        turn.save(update_fields=update)
+    if plan.snapshot is not None:
+        snapshot_store(conversation, plan.snapshot[0], turn=turn, source=plan.snapshot[1])
+    if plan.move and plan.move["act"] == "summary":
+        conversation_end_complete(conversation)
+    return reply
+
+
+# --------------------------------------------------------------------------- the end of the step
+
+
+def _final_state(conversation: Conversation) -> dict | None:
+    """The model the explainer acted on at the end (None: the arm keeps none)."""
+    _proactive, mode = agentic_options(Protocol(conversation.version.spec).arms[conversation.arm])
+    if mode is False:
+        return None
+    if mode == "mismatched" and conversation.learner_model_from_id:
+        donor = LearnerModelSnapshot.objects.filter(conversation_id=conversation.learner_model_from_id).order_by("-index").first()
+        if donor is not None:
+            return donor.state
+    latest = latest_snapshot(conversation)
+    return latest.state if latest else None
+
+
+def agentic_finish(*, conversation: Conversation, post_items: list[dict]) -> None:
+    """Write the rule-based predictions and note at once, and queue the language model's versions.
+
+    The participant never waits on a provider: the worker replaces them (source `llm`) when its calls
+    succeed, while the participant takes the post-test. Call inside the request's transaction.
+    """
+    state = _final_state(conversation)
+    if state is not None:
+        predictions_by_rules(conversation, post_items, state)
+    conversation.meeting_note = meeting_note_by_template(conversation, state)
+    conversation.save(update_fields=["meeting_note"])
+    from .tasks import conversation_wrapup_task
+
+    transaction.on_commit(lambda: conversation_wrapup_task.delay(conversation.pk))
+
+
+def wrapup_plan(*, conversation: Conversation, arm: dict, endpoint: Endpoint, done: set[str]) -> Plan | None:
+    """The next end-of-step call (the post-test predictions, then the note), or None when both are made."""
+    protocol = Protocol(conversation.version.spec)
+    lang = conversation.language
+    llm = arm["llm"]
+    state = _final_state(conversation)
+    model = f"<learner_model>\n{_model_json(state)}\n</learner_model>" if state is not None else ""
+    concepts = f"<concepts>\n{_concepts_json(protocol, lang)}\n</concepts>"
+    item_ids = list(conversation.predictions.order_by("item_id").values_list("item_id", flat=True))
+    if PREDICTION not in done and state is not None and item_ids:
+        # the items' questions and options, never a predict item's input or any key
+        items = [{"id": i, "concept": protocol.items[i].get("concept"), "kind": protocol.items[i]["kind"],
+                  "question": protocol.text(protocol.items[i]["prompt"], lang),
+                  "options": [protocol.text(o["text"], lang) for o in protocol.items[i].get("options") or []]}
+                 for i in item_ids]
+        system = "\n\n".join([PREDICTION_TASK, concepts, model,
+                              f"<post_test>\n{json.dumps(items, ensure_ascii=False, indent=1)}\n</post_test>"])
+        entry = {"type": "object", "properties": {"p_correct": {"type": "number"}}, "required": ["p_correct"],
+                 "additionalProperties": False}
+        schema = {"type": "object", "required": ["items"], "additionalProperties": False, "properties": {
+            "items": {"type": "object", "properties": {i: entry for i in item_ids}, "required": item_ids,
+                      "additionalProperties": False}}}
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": "Give the predictions now."}]
+        return Plan(PREDICTION, _request(endpoint, llm, messages, params=_structured_params(llm),
+                                         response_schema={"name": "posttest_predictions", "schema": schema}))
+    if NOTE not in done:
+        system = "\n\n".join(p for p in [NOTE_TASK, concepts, model, "<meeting_note_request/>",
+                                         f"Write in {LANGUAGE_NAMES.get(lang, lang)}."] if p)
+        last = conversation.turns.order_by("-id").first()
+        history = conversation_history(conversation=conversation, upto=last) if last else []
+        cue = {"role": "user", "content": "Write the note now."}
+        messages = fit_to_budget([{"role": "system", "content": system}], history, llm, extra=[cue]) + [cue]
+        return Plan(NOTE, _request(endpoint, llm, messages))
+    return None
+
+
+def wrapup_save(*, plan: Plan, conversation: Conversation, result: LLMResult) -> None:
+    """Keep what the language model gave when it is usable; the rule-based versions stay otherwise."""
+    if plan.purpose == NOTE:
+        note = (result.text or "").strip()
+        if note:
+            conversation.meeting_note = note[:4000]
+            conversation.save(update_fields=["meeting_note"])
+        return
+    items = ((result.parsed or {}).get("items") or {}) if isinstance(result.parsed, dict) else {}
+    protocol = Protocol(conversation.version.spec)
+    keys = conversation.version.target_keys
+    for prediction in PostTestPrediction.objects.filter(conversation=conversation):
+        p = (items.get(prediction.item_id) or {}).get("p_correct") if isinstance(items, dict) else None
+        if isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 1:
+            prediction.p_correct = float(p)
+            prediction.predicted_answer = predicted_answer(protocol.items[prediction.item_id], keys, float(p))
+            prediction.source = "llm"
+            prediction.save(update_fields=["p_correct", "predicted_answer", "source"])

@@ -382,16 +382,17 @@ def manage(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Co
 
 
 def prepare_database(env: dict[str, str], port: int) -> bool:
-    """Migrate, collect static files, load and launch the example, create the researcher.
+    """Migrate, collect static files, load and launch the example, create the researcher (its owner).
 
-    Return whether the researcher account is ready (the command may not exist yet).
+    Return whether the researcher account is ready.
     """
     manage(env, "migrate", "--noinput")
     manage(env, "collectstatic", "--noinput", "--verbosity", "0")
     manage(env, "study_load", EXAMPLE_STUDY)
     manage(env, "study_launch", EXAMPLE_SLUG, "--base-url", f"http://127.0.0.1:{port}")
     password = demo_secret("demo-password", 12)
-    created = manage(env, "researcher_create", "--username", RESEARCHER, "--password", password, check=False)
+    created = manage(env, "researcher_create", "--username", RESEARCHER, "--password", password,
+                     "--study", EXAMPLE_SLUG, "--role", "owner", check=False)
     if created.returncode != 0:
         warn("`manage.py researcher_create` failed: the researcher login below may not work")
     return created.returncode == 0
@@ -452,14 +453,16 @@ def print_banner(port: int, researcher_ready: bool) -> None:
         "Participant link (change PROLIFIC_PID to be a new participant):",
         f"  {link}",
         "",
-        "Researcher / admin:",
-        f"  {base}/admin/",
+        "Researcher console (owner of the example study):",
+        f"  {base}/console/",
         f"  username: {RESEARCHER}",
         f"  password: {password}" + ("" if researcher_ready else "   (researcher_create failed: see above)"),
+        f"  (Django admin at {base}/admin/ needs a superuser: python3 run.py manage researcher_create"
+        " --username admin --password ... --superuser)",
         "",
         f"LLM: real, at {llm}" if llm else (
-            "LLM: none configured (LLM_BASE_URL unset): the chat arm answers from a scripted demo model,\n"
-            "     and every chat page and LLM-call record says so"
+            "LLM: none configured (LLM_BASE_URL unset): the chat and agentic arms answer from a scripted\n"
+            "     demo model, and every chat page and LLM-call record says so"
         ),
         f"Logs: {LOGS.relative_to(ROOT)}/web.log, worker.log (and redis.log if started here)",
         "Data: var/demo.sqlite3.  Stop with Ctrl-C.",

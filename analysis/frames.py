@@ -7,8 +7,6 @@ never touch the ORM.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import statistics
 from datetime import UTC
@@ -17,7 +15,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import BigIntegerField, F, FloatField, Func, Q, TextField
 from django.db.models.fields.json import KeyTextTransform
@@ -25,6 +22,7 @@ from django.db.models.functions import Cast
 
 from explainers.models import LearnerModelSnapshot, LLMCall, PostTestPrediction, Turn
 from participants.models import PageVisit, Participant, Response
+from participants.pseudonyms import pseudonym, pseudonym_key
 from studies.models import Study, StudyVersion
 from studies.protocol import Protocol
 from studies.scoring import item_key
@@ -48,7 +46,6 @@ def read_only_snapshot():
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         yield
 ITER_CHUNK = 2000
-PSEUDONYM_SALT = b"teachback.analysis.pseudonym.v1"
 
 
 # --- formatting in the database (parsing timestamps and JSON in Python is what costs) -------------
@@ -124,15 +121,9 @@ def export_scope(*, slug: str, include_simulated: bool = True, include_pilot: bo
 # --- pseudonyms ---------------------------------------------------------------------------------
 
 
-def _pseudonym_key() -> bytes:
-    secret = settings.PSEUDONYM_KEY or settings.SECRET_KEY
-    return hmac.new(secret.encode(), PSEUDONYM_SALT, hashlib.sha256).digest()
-
-
-def pseudonym(participant_id: int, key: bytes | None = None) -> str:
-    """Return the participant's stable export pseudonym (`p_` + 16 hex chars)."""
-    key = key or _pseudonym_key()
-    return "p_" + hmac.new(key, str(participant_id).encode(), hashlib.sha256).hexdigest()[:16]
+# Computed by participants (which stores it as Participant.pseudonym); the same function here keeps
+# every export's values exactly as before.
+_pseudonym_key = pseudonym_key
 
 
 # --- per-participant tables, chunk by chunk -----------------------------------------------------
@@ -140,7 +131,8 @@ def pseudonym(participant_id: int, key: bytes | None = None) -> str:
 _PARTICIPANT_FIELDS = (
     "id", "version_sha256", "arm", "form_order", "stratum", "allocation_index", "step", "status", "is_simulated",
     "is_pilot", "language", "created_at__iso", "consented_at__iso", "allocated_at__iso", "completed_at__iso",
-    "consent_version", "conversation_id",
+    "consent_version", "conversation_id", "conversation__learner_model_from__participant__pseudonym",
+    "conversation__yoked_from__participant__pseudonym",
 )
 
 
@@ -214,6 +206,8 @@ def participant_rows(chunk: Chunk, totals: dict[int, dict]) -> list[tuple]:
             p["consented_at__iso"], p["consented_at__iso"], p["allocated_at__iso"], p["completed_at__iso"],
             p["consent_version"],
             *integrity,
+            p["conversation__learner_model_from__participant__pseudonym"],
+            p["conversation__yoked_from__participant__pseudonym"],
         ))
     return rows
 
@@ -236,11 +230,12 @@ def turn_rows(chunk: Chunk) -> Iterator[tuple]:
         Turn.objects.filter(conversation_id__in=list(chunk.conversations)).order_by("conversation_id", "created_at", "id")
         .annotate(**_iso("created_at", "first_token_at", "completed_at"))
         .values_list("conversation_id", "id", "author", "reply_to_id", "status", "text", "created_at__iso",
-                     "first_token_at__iso", "completed_at__iso", "scripted", "error_kind")
+                     "first_token_at__iso", "completed_at__iso", "scripted", "error_kind", "act", "concept",
+                     "check_item", "answers_check_id", "check_correct", "tool_calls")
     )
-    for conversation_id, *rest in turns.iterator(chunk_size=ITER_CHUNK):
+    for conversation_id, *rest, tool_calls in turns.iterator(chunk_size=ITER_CHUNK):
         name, sha = chunk.conversations[conversation_id]
-        yield (sha, name, *rest)
+        yield (sha, name, *rest, _json(tool_calls) if tool_calls else None)
 
 
 def llm_call_rows(chunk: Chunk) -> Iterator[tuple]:

@@ -7,8 +7,9 @@ from .models import Participant
 class ParticipantAdmin(admin.ModelAdmin):
     """Read-only: participants change only through their own journey."""
 
-    list_display = ["id", "study", "arm", "form_order", "step", "status", "is_pilot", "is_simulated", "created_at"]
+    list_display = ["id", "pseudonym", "study", "arm", "form_order", "step", "status", "is_pilot", "is_simulated", "created_at"]
     list_filter = ["study", "arm", "step", "status", "is_simulated"]
+    search_fields = ["pseudonym"]
     exclude = ["token", "pid_hash", "session_hash"]
 
     def get_readonly_fields(self, request, obj=None):

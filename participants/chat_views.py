@@ -78,6 +78,8 @@ def _final_event_text(turn_id: int) -> str | None:
     turn = Turn.objects.select_related("reply", "conversation").filter(pk=turn_id).first()
     if turn is None:
         return _event("failed", {"error": "gone"})
+    if turn.author == Turn.Author.EXPLAINER and turn.status == Turn.Status.COMPLETE:  # an agentic arm's opening
+        return _event("done", {"html": reply_html(turn.text), "usage": usage_view(turn.conversation)})
     if turn.status == Turn.Status.ANSWERED:
         return _event("done", {"html": reply_html(turn.reply.text), "usage": usage_view(turn.conversation)})
     if turn.status == Turn.Status.FAILED:

@@ -1,4 +1,5 @@
 from django.db import models
+from django.db.models import Q
 
 from explainers.models import Conversation
 from studies.models import Study, StudyVersion
@@ -32,6 +33,10 @@ class Participant(models.Model):
 
     token = models.CharField(max_length=64, unique=True)
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="participants")
+    pseudonym = models.CharField(
+        max_length=24, blank=True, db_index=True,
+        help_text="p_ + 16 hex of HMAC-SHA256(id): the participant's name in the console, the API and exports",
+    )
     version = models.ForeignKey(StudyVersion, on_delete=models.PROTECT, related_name="participants")
     version_sha256 = models.CharField(max_length=64)
     pid_hash = models.CharField(max_length=64, null=True, blank=True)
@@ -60,6 +65,9 @@ class Participant(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["study", "pid_hash"], name="participant_one_per_study_pid"),
+            # blank only inside the creating transaction, before the id is known
+            models.UniqueConstraint(fields=["study", "pseudonym"], condition=~Q(pseudonym=""),
+                                    name="participant_one_per_study_pseudonym"),
         ]
         indexes = [models.Index(fields=["version", "arm"])]
 
@@ -132,3 +140,20 @@ class PageVisit(models.Model):
 
     def __str__(self) -> str:
         return self.page
+
+
+class ErasedSpend(models.Model):
+    """What erased participants' LLM calls cost, per version and arm: their calls are deleted, the money
+    was spent. Budgets add it to the cost of the calls still stored. Holds no identifier."""
+
+    version = models.ForeignKey(StudyVersion, on_delete=models.PROTECT, related_name="erased_spend")
+    arm = models.CharField(max_length=64, blank=True)
+    participants = models.PositiveIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "arm"], name="erased_spend_one_per_arm")]
+
+    def __str__(self) -> str:
+        return f"{self.version} / {self.arm}: {self.participants} erased"

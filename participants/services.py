@@ -1,32 +1,40 @@
-"""Writes on the participant's journey. Every function takes the participant's row lock first."""
+"""Writes on the participant's journey (each takes the participant's row lock first), budgets, withdrawal,
+erasure and the retention of PID hashes."""
 import hashlib
 import hmac
 import json
 import random
 import secrets
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Coalesce
+from django.http import Http404
 from django.utils import timezone
 
 from explainers import services as explainer_services
 from explainers.arms import arm_available
-from explainers.models import Turn
-from studies.models import StudyVersion
+from explainers.models import LLMCall, Turn
+from studies.audit import audit_record
+from studies.models import Study, StudyVersion
 from studies.protocol import Protocol
 from studies.scoring import answer_evaluate
-from studies.selectors import study_version_open
+from studies.selectors import study_get_for_researcher, study_version_open
+from studies.services import BUDGET, StudyStateError, study_state_set
 
-from .models import STEP_ORDER, AllocationSequence, PageVisit, Participant, Response, Step
+from .models import STEP_ORDER, AllocationSequence, ErasedSpend, PageVisit, Participant, Response, Step
+from .pseudonyms import pseudonym as pseudonym_of
+from .selectors import arms_open, cost_by_arm
 
 _rng = random.SystemRandom()
 CLIENT_EVENT_KEYS = ("visibility_changes", "hidden_ms", "paste_count", "first_input_ms", "blur_count")
 
 
 class EntryRefused(Exception):
-    """Entry is not possible; `reason` is one of not_open, paused, pid_required."""
+    """Entry is not possible; `reason` is one of not_open, paused, full (every arm at its cap), pid_required."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -53,6 +61,14 @@ class AllocationError(Exception):
     """No arm of the study can be allocated."""
 
 
+class ArmsFull(AllocationError):
+    """Every arm the platform can run is at its budget cap: nobody new can be allocated."""
+
+
+SEATS_STRATUM = "seats"  # the AllocationSequence row whose lock serialises allocation under arm caps
+FINISHED = (Participant.Status.COMPLETED, Participant.Status.WITHDRAWN, Participant.Status.DECLINED)
+
+
 def identifier_hash(value: str) -> str:
     """Return the keyed hash under which a recruiter's identifier (PID, session id) is stored."""
     return hmac.new(settings.PID_HASH_KEY.encode(), value.strip().encode(), hashlib.sha256).hexdigest()
@@ -75,10 +91,12 @@ def participant_enter(
         raise EntryRefused("paused")
     if not pid_hash and not (version.spec["recruitment"]["allow_without_pid"] or link_kind):
         raise EntryRefused("pid_required")
+    if _arm_caps(version.spec) and not arms_open(version=version):
+        raise EntryRefused("full")
     language = language if language in version.spec["languages"] else version.spec["languages"][0]
     try:
         with transaction.atomic():
-            return Participant.objects.create(
+            participant = Participant.objects.create(
                 token=secrets.token_urlsafe(32),
                 study_id=version.study_id,
                 version=version,
@@ -90,6 +108,9 @@ def participant_enter(
                 is_pilot=link_kind == "pilot",
                 is_simulated=link_kind == "simulated",
             )
+            participant.pseudonym = pseudonym_of(participant.pk)  # the id is known only now
+            participant.save(update_fields=["pseudonym"])
+            return participant
     except IntegrityError:
         return Participant.objects.get(study_id=version.study_id, pid_hash=pid_hash)
 
@@ -194,7 +215,11 @@ def chat_send(*, participant_id: int, text: str, nonce: str = "") -> Turn:
     """Save the participant's chat message and queue the reply (raises LimitReached, TurnInFlight)."""
     with transaction.atomic():
         conversation = _conversation(_lock(participant_id))
-        return explainer_services.turn_create(conversation=conversation, text=text, nonce=nonce)
+        try:
+            return explainer_services.turn_create(conversation=conversation, text=text, nonce=nonce)
+        except explainer_services.LimitReached as reached:
+            limit = reached  # commit the conversation's end that turn_create stored, then tell the caller
+    raise limit
 
 
 def _conversation(participant: Participant):
@@ -203,10 +228,17 @@ def _conversation(participant: Participant):
     if participant.conversation is None:
         pretest = [(r.item_id, r.score) for r in participant.responses.filter(phase=Step.PRE_TEST) if r.score is not None]
         participant.conversation = explainer_services.conversation_start(
-            version=participant.version, arm_id=participant.arm, language=participant.language, pretest=pretest
+            version=participant.version, arm_id=participant.arm, language=participant.language, pretest=pretest,
+            position=_arm_position(participant),
         )
         participant.save(update_fields=["conversation"])
     return participant.conversation
+
+
+def _arm_position(participant: Participant) -> int:
+    """The participant's place (from 1) in their arm's allocation order: a yoked arm matches on it."""
+    earlier = Q(allocated_at__lt=participant.allocated_at) | Q(allocated_at=participant.allocated_at, pk__lt=participant.pk)
+    return Participant.objects.filter(earlier, version=participant.version, arm=participant.arm).count() + 1
 
 
 def chat_retry(*, participant_id: int, turn_id: int) -> Turn:
@@ -325,39 +357,192 @@ def _pretest_stratum(participant: Participant, protocol: Protocol) -> str:
 
 
 def _allocate(participant: Participant, *, stratum: str) -> None:
-    """Assign an arm from the stratum's permuted blocks (or weighted draw). Call with the row locked."""
-    spec = participant.version.spec
+    """Assign an arm from the stratum's permuted blocks (or weighted draw). Call with the row locked.
+
+    Arms at a budget cap are left out (docs/allocation.md, "Budgets"): under caps, every allocation of
+    the version first takes the lock of its "seats" row, so seats are counted and taken one at a time.
+    """
+    version = participant.version
+    spec = version.spec
     arms = [a for a in spec["arms"] if arm_available(a)]
     if not arms:
-        raise AllocationError(f"no arm of {participant.version} can run on this platform yet")
+        raise AllocationError(f"no arm of {version} can run on this platform yet")
+    study_budget_check(version=version)  # may pause the study: new entries stop, this participant goes on
+    allowed = None
+    if _arm_caps(spec):
+        _sequence_locked(version, SEATS_STRATUM)
+        allowed = arms_open(version=version, arms=arms)
+        arms = [a for a in arms if a["id"] in allowed]
+        if not arms:
+            raise ArmsFull(f"every arm of {version} is at its cap")
     allocation = spec["allocation"]
     if allocation["method"] == "blocked":
         per_block = max(1, int(allocation["block_size"]) // sum(int(a["weight"]) for a in spec["arms"]))
         block = [a["id"] for a in arms for _ in range(int(a["weight"]) * per_block)]
-        arm_id, index = _draw(participant.version, stratum, block)
+        arm_id, index = _draw(version, stratum, block, allowed=allowed)
     else:
         choice = _rng.choices([a["id"] for a in arms], weights=[a["weight"] for a in arms])
-        arm_id, index = _draw(participant.version, stratum, choice)
+        arm_id, index = _draw(version, stratum, choice)
     participant.arm = arm_id
     participant.stratum = stratum.split(":")[0] if stratum.startswith("band") else ""
     participant.allocation_index = index
     participant.allocated_at = timezone.now()
 
 
-def _draw(version: StudyVersion, stratum: str, block: list[str]) -> tuple[str, int]:
+def _draw(version: StudyVersion, stratum: str, block: list[str], *, allowed: set[str] | None = None) -> tuple[str, int]:
     """Take the next entry of the stratum's current permuted block (a fresh shuffle of `block` when used up).
 
+    Entries not in `allowed` (arms that reached a cap since the block was drawn) are passed over.
     Returns (entry, running index in the stratum). Locks the stratum's row for the transaction.
     """
-    sequence, _ = AllocationSequence.objects.get_or_create(version=version, stratum=stratum)
-    sequence = AllocationSequence.objects.select_for_update().get(pk=sequence.pk)
-    if sequence.position >= len(sequence.block):
-        sequence.block = _rng.sample(block, len(block))
-        sequence.block_number += 1
-        sequence.position = 0
-    entry = sequence.block[sequence.position]
-    sequence.position += 1
+    sequence = _sequence_locked(version, stratum)
+    while True:
+        if sequence.position >= len(sequence.block):
+            sequence.block = _rng.sample(block, len(block))
+            sequence.block_number += 1
+            sequence.position = 0
+        entry = sequence.block[sequence.position]
+        sequence.position += 1
+        if allowed is None or entry in allowed:
+            break
     sequence.arm_counts[entry] = sequence.arm_counts.get(entry, 0) + 1
     sequence.total += 1
     sequence.save()
     return entry, sequence.total
+
+
+def _sequence_locked(version: StudyVersion, stratum: str) -> AllocationSequence:
+    sequence, _ = AllocationSequence.objects.get_or_create(version=version, stratum=stratum)
+    return AllocationSequence.objects.select_for_update().get(pk=sequence.pk)
+
+
+# --- budgets ---------------------------------------------------------------------------------------
+
+
+def _arm_caps(spec: dict) -> bool:
+    """Whether any arm has a cap that closes it (completers or cost)."""
+    return any((arm.get("budget") or {}).keys() & {"max_completers", "max_cost_usd"} for arm in spec["arms"])
+
+
+def study_budget_check(*, version: StudyVersion) -> bool:
+    """Pause the live version when its LLM calls have cost `budget.max_cost_usd`; return whether it paused now.
+
+    Called at every allocation and by a beat task (`participants.tasks.budgets_check_task`). The pause is
+    audited as "budget_pause" by the system, with the figures. People inside finish.
+    """
+    cap = (version.spec.get("budget") or {}).get("max_cost_usd")
+    if cap is None or version.state != StudyVersion.State.LIVE:
+        return False
+    cost = sum(cost_by_arm(version=version).values(), Decimal(0))
+    if cost < Decimal(str(cap)):
+        return False
+    try:
+        study_state_set(slug=version.study.slug, state=StudyVersion.State.PAUSED, actor=None, reason=BUDGET,
+                        number=version.number, figures={"cost_usd": str(cost), "max_cost_usd": cap})
+    except StudyStateError:
+        return False  # paused, closed or replaced meanwhile
+    version.state = StudyVersion.State.PAUSED
+    return True
+
+
+def budgets_check() -> int:
+    """Check the cost cap of every live version that has one; return how many were paused now."""
+    versions = StudyVersion.objects.select_related("study").filter(state=StudyVersion.State.LIVE)
+    return sum(study_budget_check(version=v) for v in versions if (v.spec.get("budget") or {}).get("max_cost_usd"))
+
+
+# --- withdrawal, erasure, retention ------------------------------------------------------------------
+
+
+def participant_withdraw(*, participant_id: int) -> tuple[Participant, bool]:
+    """Withdraw the participant (any step); return (participant, withdrawn_now). A second call does nothing.
+
+    The study file's `withdrawal.data` decides: `keep` keeps everything, `delete` deletes their answers,
+    page visits and conversation (turns, LLM calls, learner-model snapshots). The row stays as a withdrawn
+    stub either way, so the same PID lands on the withdrawn page instead of starting again.
+    """
+    with transaction.atomic():
+        participant = _lock(participant_id)
+        if participant.status != Participant.Status.ACTIVE:
+            return participant, False
+        mode = (participant.version.spec.get("withdrawal") or {}).get("data", "keep")
+        before = {"status": participant.status, "step": participant.step}
+        if mode == "delete":
+            _data_delete(participant)
+        participant.status = Participant.Status.WITHDRAWN
+        participant.step = Step.DONE
+        participant.completed_at = timezone.now()
+        participant.save(update_fields=["status", "step", "completed_at", "conversation"])
+        # the pseudonym is the stub's name too: it links to nothing the stub does not already show
+        audit_record(actor=None, action="participant_withdraw", study_slug=participant.study.slug,
+                     object_type="participant", object_id=participant.pseudonym, before=before,
+                     after={"status": participant.status, "data": mode, "arm": participant.arm})
+        return participant, True
+
+
+@transaction.atomic
+def participant_erase(*, actor, study: Study, pseudonym: str) -> dict:
+    """Delete everything of one participant, their row and its identifiers included; return what the audit says.
+
+    Owners only (the service checks, whatever the caller did). The audit row holds no identifier: not the
+    pseudonym, token or PID hash, only that one participant of that arm and step was erased.
+    """
+    if actor is not None:
+        study_get_for_researcher(user=actor, slug=study.slug, needs="members")
+    participant = (Participant.objects.select_for_update(of=("self",)).select_related("version", "conversation")
+                   .filter(study=study, pseudonym=pseudonym).first())
+    if participant is None or not pseudonym:
+        raise Http404("no such participant in this study")
+    summary = {"erased": 1, "version": participant.version.number, "arm": participant.arm,
+               "step": participant.step, "status": participant.status}
+    _data_delete(participant)
+    participant.delete()
+    audit_record(actor=actor, action="participant_erase", study_slug=study.slug, object_type="participant",
+                 object_id="", before=None, after=summary)
+    return summary
+
+
+def _data_delete(participant: Participant) -> None:
+    """Delete the participant's answers, page visits and conversation; keep what its LLM calls cost.
+
+    Call with the participant's row locked. Another conversation that was shown this one (a yoked or a
+    mismatched learner model) keeps its own record but loses the link to it (SET_NULL).
+    """
+    Response.objects.filter(participant=participant).delete()
+    PageVisit.objects.filter(participant=participant).delete()
+    conversation = participant.conversation
+    if conversation is None:
+        return
+    spent = LLMCall.objects.filter(turn__conversation=conversation).aggregate(
+        c=Coalesce(Sum("cost_usd"), Decimal(0)), i=Coalesce(Sum("input_tokens"), 0), o=Coalesce(Sum("output_tokens"), 0),
+    )
+    row, _ = ErasedSpend.objects.get_or_create(version_id=participant.version_id, arm=participant.arm)
+    ErasedSpend.objects.filter(pk=row.pk).update(
+        participants=F("participants") + 1, cost_usd=F("cost_usd") + spent["c"], tokens=F("tokens") + spent["i"] + spent["o"],
+    )
+    participant.conversation = None
+    participant.save(update_fields=["conversation"])
+    conversation.delete()
+
+
+def participant_identifiers_expire(*, days: int | None = None) -> int:
+    """Clear the PID and session hashes of participants who finished more than `days` ago; return how many.
+
+    `days` defaults to PID_HASH_RETENTION_DAYS (0: keep them for ever). Afterwards the same PID is a new
+    person to the study: duplicate detection ends there (docs/participant-journey.md). Audited per study.
+    """
+    days = settings.PID_HASH_RETENTION_DAYS if days is None else days
+    if days <= 0:
+        return 0
+    cutoff = timezone.now() - timedelta(days=days)
+    expired = (Participant.objects.filter(status__in=FINISHED, completed_at__lt=cutoff)
+               .filter(Q(pid_hash__isnull=False) | ~Q(session_hash="")))
+    cleared = 0
+    for study_id, slug in Study.objects.filter(participants__in=expired).distinct().values_list("id", "slug"):
+        with transaction.atomic():
+            n = expired.filter(study_id=study_id).update(pid_hash=None, session_hash="")
+            if n:
+                audit_record(actor=None, action="pid_hashes_expire", study_slug=slug, object_type="participant",
+                             after={"participants": n, "finished_before": cutoff.isoformat(), "days": days})
+            cleared += n
+    return cleared

@@ -91,10 +91,15 @@ class Persona:
         return None
 
     def converse(self, client, slug: str, csrf: str) -> None:
-        """Chat until the conversation ends or the learner has had enough, then let the flow continue."""
+        """Chat until the conversation ends or the learner has had enough, then let the flow continue.
+
+        An explainer that speaks first (the tutor, the agentic arm) teaches: the learner answers its check
+        questions from what they know and learns from the turns that address a concept. Otherwise (the chat
+        arm, a passive agentic arm) the learner asks a couple of questions.
+        """
         page_url = f"/s/{slug}/explanation/"
-        is_tutor = "scripted tutor" in client.get(page_url).text
-        if not is_tutor:  # plain chat: a couple of questions, no targeted teaching assumed
+        page = self._wait_for_reply(client, page_url)  # an agentic opening is written by the worker
+        if not _BUBBLE.findall(page):  # nobody spoke first: plain chat, no targeted teaching assumed
             for question in CHAT_QUESTIONS[: self.rng.randint(1, 2)]:
                 client.post(f"/s/{slug}/chat/send/", data={"text": question}, headers={"X-CSRFToken": csrf})
                 self._wait_for_reply(client, page_url)
@@ -102,7 +107,6 @@ class Persona:
                 self._learn(concept, LEARN_READING)
             return
         for _ in range(MAX_CHAT_TURNS):
-            page = client.get(page_url).text
             if 'data-ended="1"' in page:
                 return
             bubbles = _BUBBLE.findall(page)
@@ -115,12 +119,17 @@ class Persona:
             response = client.post(f"/s/{slug}/chat/send/", data={"text": answer or "ok"}, headers={"X-CSRFToken": csrf})
             if response.status_code != 202:
                 return
+            page = self._wait_for_reply(client, page_url)
 
     @staticmethod
-    def _wait_for_reply(client, page_url: str, timeout_s: float = 30.0) -> None:
+    def _wait_for_reply(client, page_url: str, timeout_s: float = 30.0) -> str:
+        """Return the explanation page once no reply (or opening) is being written."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and 'data-pending=""' not in client.get(page_url).text:
-            time.sleep(0.3)
+        page = client.get(page_url).text
+        while time.monotonic() < deadline and 'data-pending=""' not in page:
+            time.sleep(0.1)
+            page = client.get(page_url).text
+        return page
 
 
 def recovery(snapshot_state: dict, truth: dict[str, bool], threshold: float = 0.5) -> dict[str, int]:

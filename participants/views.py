@@ -14,7 +14,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods
 
 from explainers.models import Turn
-from explainers.selectors import conversation_transcript
+from explainers.selectors import conversation_transcript, yoked_transcript
 from explainers.services import ArmUnavailable
 from studies.protocol import Protocol
 from studies.scoring import AnswerInvalid
@@ -56,6 +56,11 @@ def _notice(request: HttpRequest, title: str, message: str, *, status: int) -> H
     return _page(request, "notice.html", {"title": title, "message": message}, status=status)
 
 
+def _closed(request: HttpRequest) -> HttpResponse:
+    """The polite page for a study that takes nobody new: paused, or every arm at its cap."""
+    return _notice(request, _("This study is closed for now"), _("Thank you for your interest. The study is not taking new participants at the moment. Please return it on Prolific."), status=403)
+
+
 @require_GET
 def entry(request: HttpRequest, slug: str) -> HttpResponse:
     """The study link: create or resume the participant, then land on their current step."""
@@ -76,9 +81,10 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
             session_id=params.get("SESSION_ID", ""), language=language, link_kind=link_kind,
         )
     except services.EntryRefused as refused:
+        if refused.reason in ("paused", "full"):
+            return _closed(request)
         messages = {
             "not_open": (_("This study is not open"), _("There is no study at this address, or it has not started yet.")),
-            "paused": (_("This study is closed for now"), _("Thank you for your interest. The study is not taking new participants at the moment. Please return it on Prolific.")),
             "pid_required": (_("Please use your study link"), _("This address needs your Prolific ID. Please open the study from the link on Prolific.")),
         }
         title, message = messages[refused.reason]
@@ -87,8 +93,8 @@ def entry(request: HttpRequest, slug: str) -> HttpResponse:
     return redirect(step_url(participant))
 
 
-def participant_page(step: str):
-    """Resolve the participant from the session and keep them on their current step."""
+def participant_page(step: str | None):
+    """Resolve the participant from the session and keep them on their current step (None: any step)."""
 
     def decorator(view):
         @wraps(view)
@@ -104,7 +110,7 @@ def participant_page(step: str):
                 services.participant_language_set(participant=participant, language=request.GET["lang"])
             translation.activate(participant.language)
             request.LANGUAGE_CODE = participant.language
-            if participant.step != step:
+            if step is not None and participant.step != step:
                 return HttpResponseRedirect(step_url(participant), status=303 if request.method == "POST" else 302)
             return view(request, participant, *args, **kwargs)
 
@@ -149,6 +155,8 @@ def consent(request: HttpRequest, participant: Participant) -> HttpResponse:
             participant = services.participant_consent(participant_id=participant.pk, accept=choice == "accept")
         except services.StepError:
             return HttpResponseRedirect(step_url(participant), status=303)
+        except services.AllocationError:  # every arm at its cap since they came in: nothing was stored
+            return _closed(request)
         if choice == "accept":
             request.session.cycle_key()
             return HttpResponseRedirect(step_url(participant), status=303)
@@ -178,6 +186,8 @@ def _instrument(request: HttpRequest, participant: Participant) -> HttpResponse:
             error = ANSWER_ERRORS.get(str(invalid), ANSWER_ERRORS["required"])()
         except services.StepError:
             pass
+        except services.AllocationError:  # allocation after the pre-test found every arm at its cap
+            return _closed(request)
         if error is None:
             return HttpResponseRedirect(step_url(participant), status=303)
     services.page_visit_shown(participant=participant, page=f"{participant.step}:{current.item['id']}")
@@ -256,12 +266,13 @@ def explanation(request: HttpRequest, participant: Participant) -> HttpResponse:
         material = bytes(asset.content).decode("utf-8") if asset else ""
     min_seconds = int(arm.get("limits", {}).get("min_seconds") or 0)
     waited = (timezone.now() - visit.first_shown_at).total_seconds()
-    chat = _chat_context(participant) if arm["kind"] in ("chat", "tutor") else None
+    chat = _chat_context(participant) if arm["kind"] in ("chat", "agentic", "tutor") else None
     if chat and chat["usage"]["ended"]:
         min_seconds = 0
+    yoked = _yoked_context(participant) if (arm.get("options") or {}).get("yoked_to") else None
     return _page(request, "explanation.html", _context(
         participant, arm_kind=arm["kind"], material_html=_md(participant, material, source=path),
-        minutes=reading_minutes(material), error=error, chat=chat,
+        minutes=reading_minutes(material), error=error, chat=chat, yoked=yoked,
         wait_seconds=max(0, int(min_seconds - waited + 0.999)),
     ), status=400 if error else 200)
 
@@ -276,12 +287,14 @@ def _chat_context(participant: Participant) -> dict | None:
     pending = None
     for turn in conversation_transcript(conversation=conversation):
         is_explainer = turn.author == Turn.Author.EXPLAINER
+        if turn.status == Turn.Status.PENDING:
+            pending = turn.id
+        if is_explainer and turn.status != Turn.Status.COMPLETE:
+            continue  # an agentic opening still being written (followed live) or given up (the participant may write)
         turns.append({
             "id": turn.id, "author": turn.author, "status": turn.status,
             "html": reply_html(turn.text) if is_explainer else "", "text": turn.text,
         })
-        if turn.status == Turn.Status.PENDING:
-            pending = turn.id
     slug = participant.study.slug
     return {
         "turns": turns, "pending": pending, "scripted": conversation.scripted,
@@ -290,6 +303,15 @@ def _chat_context(participant: Participant) -> dict | None:
         "events_url": reverse("participants:chat_events", kwargs={"slug": slug, "turn_id": 0}),
         "retry_url": reverse("participants:chat_retry", kwargs={"slug": slug, "turn_id": 0}),
     }
+
+
+def _yoked_context(participant: Participant) -> dict | None:
+    """A yoked static arm: the transcript of another participant's agentic conversation, or None when none
+    had ended for this participant's place (the arm's material is shown; the conversation records it)."""
+    conversation = services.chat_conversation(participant_id=participant.pk)
+    turns = [{"author": t.author, "text": t.text, "html": reply_html(t.text) if t.author == Turn.Author.EXPLAINER else ""}
+             for t in yoked_transcript(conversation=conversation)]
+    return {"turns": turns, "scripted": conversation.scripted} if turns else None
 
 
 @require_http_methods(["GET", "POST"])
@@ -325,8 +347,29 @@ def done(request: HttpRequest, participant: Participant) -> HttpResponse:
         return HttpResponseRedirect(_finish_url(participant), status=303)
     if participant.status == Participant.Status.DECLINED:
         return _page(request, "done.html", _context(participant, declined=True, finish_url=_finish_url(participant)))
+    if participant.status == Participant.Status.WITHDRAWN:
+        has_url = _has_url(participant)
+        return _page(request, "done.html", _context(
+            participant, withdrawn=True, finish_url=_finish_url(participant) if has_url else "",
+            code="" if has_url else participant.version.spec["recruitment"]["no_consent_code"],
+        ))
     code = participant.version.spec["recruitment"]["completion_code"] if just_finished and not _has_url(participant) else None
     return _page(request, "done.html", _context(participant, declined=False, code=code))
+
+
+@require_http_methods(["GET", "POST"])
+@participant_page(None)
+def withdraw(request: HttpRequest, participant: Participant) -> HttpResponse:
+    """Withdraw from the study, from any step: a confirmation page, then the no-consent code."""
+    if participant.status != Participant.Status.ACTIVE:
+        return redirect(step_url(participant))
+    if request.method == "POST":
+        participant, _now = services.participant_withdraw(participant_id=participant.pk)
+        return HttpResponseRedirect(_finish_url(participant), status=303)
+    mode = (participant.version.spec.get("withdrawal") or {}).get("data", "keep")
+    return _page(request, "withdraw.html", _context(
+        participant, deletes=mode == "delete", back_url=step_url(participant), withdrawing=True,
+    ))
 
 
 def _has_url(participant: Participant) -> bool:

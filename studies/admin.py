@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Study, StudyVersion
+from .models import AuditEvent, Study, StudyVersion
 
 
 class StudyVersionInline(admin.TabularInline):
@@ -22,4 +22,25 @@ class StudyAdmin(admin.ModelAdmin):
     inlines = [StudyVersionInline]
 
     def has_add_permission(self, request):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: the trail is append-only (a trigger refuses changes anyway); `manage.py audit_verify` checks it."""
+
+    list_display = ["at", "actor", "action", "study_slug", "object_type", "object_id"]
+    list_filter = ["action", "study_slug"]
+    search_fields = ["actor", "study_slug", "object_id"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the view permission still shows every row
+
+    def has_delete_permission(self, request, obj=None):
         return False

@@ -34,6 +34,9 @@ class StudyVersion(models.Model):
     target_info = models.JSONField(default=dict, blank=True, help_text="what was frozen with the keys")
     created_at = models.DateTimeField(auto_now_add=True)
     launched_at = models.DateTimeField(null=True, blank=True)
+    state_reason = models.CharField(
+        max_length=16, blank=True, help_text="why the version is paused: 'budget' when its cost cap paused it"
+    )
 
     class Meta:
         ordering = ["study", "number"]
@@ -113,3 +116,19 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.study_slug}"
+
+
+class AuditHead(models.Model):
+    """The end of the audit chain: how many rows it has and the hash of the last one (one row, pk 1).
+
+    `audit_record` updates it in the transaction that appends a row, so deleting the last rows of the
+    chain (which leaves every remaining link intact) still shows: the count and the hash no longer match.
+    A PostgreSQL trigger refuses deleting it and any update that does not add exactly one row.
+    """
+
+    count = models.PositiveBigIntegerField(default=0)
+    last_id = models.BigIntegerField(null=True, blank=True)
+    last_hash = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return f"audit head: {self.count} rows, last {self.last_hash[:12]}"

@@ -1,4 +1,7 @@
 """Reads on studies."""
+import difflib
+import io
+
 from django.core import signing
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
@@ -51,6 +54,55 @@ def studies_for_researcher(*, user):
 
 def role_allows(*, role: str, needs: str) -> bool:
     return role in NEEDS[needs]
+
+
+def study_versions(*, study: Study):
+    """Return the study's versions, newest first (without their spec and frozen keys: fetch one for those)."""
+    return StudyVersion.objects.filter(study=study).defer("spec", "target_keys", "target_info").order_by("-number")
+
+
+def study_version_diff(*, study: Study, a: int, b: int) -> str:
+    """Return a unified diff from version `a` to version `b`: the normalised spec as YAML, then the
+    sha256 of every asset (a changed figure shows as a changed hash). Raises Http404 for a missing version."""
+    versions = {v.number: v for v in StudyVersion.objects.filter(study=study, number__in=[a, b])}
+    for number in (a, b):
+        if number not in versions:
+            raise Http404(f"{study.slug} has no version {number}")
+    hashes = {number: {} for number in (a, b)}
+    for version_id, path, sha in StudyAsset.objects.filter(version__in=versions.values()).values_list(
+        "version__number", "path", "sha256"
+    ).order_by("path"):
+        hashes[version_id][path] = sha
+    return "".join(difflib.unified_diff(
+        _version_text(versions[a].spec, hashes[a]).splitlines(keepends=True),
+        _version_text(versions[b].spec, hashes[b]).splitlines(keepends=True),
+        fromfile=f"{study.slug} v{a}", tofile=f"{study.slug} v{b}",
+    ))
+
+
+def _version_text(spec: dict, assets: dict[str, str]) -> str:
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="rt")  # keeps the spec's own key order (safe dumping would sort it)
+    yaml.default_flow_style = False
+    yaml.allow_unicode = True
+    yaml.width = 100
+    out = io.StringIO()
+    yaml.dump({"spec": _blocks(spec), "assets (sha256)": dict(sorted(assets.items()))}, out)
+    return out.getvalue()
+
+
+def _blocks(value):
+    """Multi-line texts as YAML block scalars, so that a diff shows the changed line, not the whole text."""
+    from ruamel.yaml.scalarstring import LiteralScalarString
+
+    if isinstance(value, dict):
+        return {k: _blocks(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_blocks(v) for v in value]
+    if isinstance(value, str) and "\n" in value.strip("\n"):
+        return LiteralScalarString(value)
+    return value
 
 
 def study_version_open(*, slug: str) -> StudyVersion | None:

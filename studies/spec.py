@@ -28,6 +28,14 @@ from ruamel.yaml.nodes import MappingNode, SequenceNode
 LANGUAGES = ("en", "zh-hans")
 ITEM_KINDS = ("single_choice", "multi_choice", "likert", "numeric", "text", "predict")
 ARM_KINDS = ("static", "chat", "agentic", "tutor")
+# What `arms[].options` may hold, by arm kind (docs/study-file.md).
+ARM_OPTIONS = {
+    "static": ("yoked_to",),
+    "chat": (),
+    "agentic": ("proactive", "learner_model", "show_meeting_note"),
+    "tutor": ("show_meeting_note",),
+}
+LEARNER_MODEL_OPTIONS = ("mismatched", "frozen")  # or true / false
 LLM_PROVIDERS = ("openai", "anthropic")
 # One provider attempt must end well inside the broker's visibility timeout (see docs/chat.md).
 LLM_TIMEOUT_MAX_S = 15
@@ -346,6 +354,11 @@ def _build_schema() -> dict:
                 required=("completion_code", "no_consent_code"),
             ),
             "withdrawal": _obj({"data": {"enum": ["keep", "delete"]}}),
+            "budget": _obj(
+                {"max_cost_usd": {"type": "number", "exclusiveMinimum": 0,
+                                  "description": "the study pauses when its LLM calls have cost this much (US$)"}},
+                description="caps for the whole study; see docs/study-file.md",
+            ),
             "concepts": {
                 "type": "array",
                 "items": _obj(
@@ -428,7 +441,15 @@ def _build_schema() -> dict:
                                 "min_seconds": {"type": "integer", "minimum": 0},
                             }
                         ),
-                        "options": {"type": "object"},
+                        "options": {"type": "object", "description": "by arm kind: see docs/study-file.md"},
+                        "budget": _obj(
+                            {
+                                "max_completers": {"type": "integer", "exclusiveMinimum": 0},
+                                "max_cost_usd": {"type": "number", "exclusiveMinimum": 0},
+                                "max_tokens_per_participant": {"type": "integer", "exclusiveMinimum": 0},
+                            },
+                            description="caps of this arm: allocation stops at them; see docs/study-file.md",
+                        ),
                         "system_prompt": _text("The explainer's instructions (never shown to participants)."),
                         "llm": {"$ref": "#/$defs/llm"},
                     },
@@ -687,6 +708,7 @@ class _Checker:
         self.check_instruments()
         self.check_arms()
         self.check_allocation()
+        self.check_budgets()
 
     # -- localised text
 
@@ -921,6 +943,30 @@ class _Checker:
                 if isinstance(file, str) and self.check_file(path, file) and _clean(file) not in checked:
                     checked.add(_clean(file))
                     self.check_markdown(path, _clean(file))
+            self.check_arm_options(i, arm)
+
+    def check_arm_options(self, i: int, arm: dict) -> None:
+        """The options each arm kind understands (docs/study-file.md, `arms[].options`)."""
+        options, kind = arm.get("options"), arm.get("kind")
+        if not isinstance(options, dict) or kind not in ARM_OPTIONS:
+            return
+        kinds = {a.get("id"): a.get("kind") for _, a in _dicts(self.data.get("arms"))}
+        for name, value in options.items():
+            path = ("arms", i, "options", name)
+            known = ARM_OPTIONS[kind]
+            if name not in known:
+                hint = difflib.get_close_matches(str(name), known, n=1)
+                where = f"options of {kind} arms: {', '.join(known)}" if known else f"{kind} arms take no options"
+                self.error(path, f"unknown option; did you mean '{hint[0]}'?" if hint else f"unknown option ({where})")
+            elif name in ("proactive", "show_meeting_note") and not isinstance(value, bool):
+                self.error(path, "must be true or false")
+            elif name == "learner_model" and not (isinstance(value, bool) or value in LEARNER_MODEL_OPTIONS):
+                self.error(path, "must be one of: true, false, mismatched, frozen")
+            elif name == "yoked_to":
+                if value not in kinds:
+                    self.error(path, f"unknown arm '{value}'")
+                elif kinds[value] != "agentic":
+                    self.error(path, f"arm '{value}' is a {kinds[value]} arm; a static arm is yoked to an agentic arm")
 
     def check_file(self, path, file: str) -> bool:
         clean = _clean(file)
@@ -970,6 +1016,19 @@ class _Checker:
                 if _is_number(strata[j]) and _is_number(strata[j - 1]) and strata[j] <= strata[j - 1]:
                     self.error(("allocation", "strata", j), "must be greater than the cut point before it")
 
+    # -- budgets
+
+    def check_budgets(self) -> None:
+        """Cost and token caps only mean something for arms that call a language model."""
+        for i, arm in _dicts(self.data.get("arms")):
+            budget, kind = arm.get("budget"), arm.get("kind")
+            if not isinstance(budget, dict) or kind not in ("static", "tutor"):
+                continue
+            for name in ("max_cost_usd", "max_tokens_per_participant"):
+                if name in budget:
+                    self.error(("arms", i, "budget", name),
+                               f"{kind} arms call no language model; only chat and agentic arms take this cap")
+
 
 _IMAGE_REF = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'][^\"']*[\"'])?\s*\)")
 _HTML_IMAGE_REF = re.compile(r"<img\b[^>]*\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
@@ -1015,6 +1074,7 @@ def _localised_fields(data: dict):
         yield ("items", i, "scale", "max_label"), scale.get("max_label")
     for i, arm in _dicts(data.get("arms")):
         yield ("arms", i, "label"), arm.get("label")
+        yield ("arms", i, "system_prompt"), arm.get("system_prompt")
 
 
 def _sorted_unique(errors: list[SpecError]) -> list[SpecError]:
@@ -1085,6 +1145,8 @@ def _normalise(data: dict) -> dict:
             "allow_without_pid": recruitment.get("allow_without_pid", False),
         },
         "withdrawal": {"data": (data.get("withdrawal") or {}).get("data", "keep")},
+        # budgets appear only when declared, so files without one keep their sha256
+        **({"budget": dict(data["budget"])} if data.get("budget") is not None else {}),
         "concepts": [
             {"id": c["id"], "label": text(c["label"]), "description": text(c.get("description"))}
             for c in data.get("concepts") or []
@@ -1123,6 +1185,7 @@ def _normalise(data: dict) -> dict:
                 "material": _normalise_material(arm.get("material"), languages),
                 "limits": dict(arm.get("limits") or {}),
                 "options": dict(arm.get("options") or {}),
+                **({"budget": dict(arm["budget"])} if arm.get("budget") is not None else {}),
                 "system_prompt": text(arm.get("system_prompt")),
                 "llm": _normalise_llm(arm.get("llm")),
             }

@@ -68,7 +68,7 @@ DROP FUNCTION IF EXISTS studies_auditevent_append_only();
 def _on_postgresql(sql):
     def run(apps, schema_editor):
         if schema_editor.connection.vendor == "postgresql":
-            schema_editor.execute(sql)
+            schema_editor.execute(sql, params=None)  # no parameters: the '%' in RAISE is plpgsql's
     return run
 
 

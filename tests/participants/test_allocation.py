@@ -80,11 +80,11 @@ def test_only_arms_the_platform_can_run_are_allocated(launch, settings):
     assert set(Participant.objects.values_list("arm", flat=True)) == {"static", "tutor"}
 
 
-def test_a_chat_arm_is_allocated_once_a_language_model_answers(launch, fake_llm):
+def test_chat_and_agentic_arms_are_allocated_once_a_language_model_answers(launch, fake_llm):
     version = launch(lambda d: d["arms"][0]["limits"].update(min_seconds=0))
     for n in range(8):
         _consent_only(version.study.slug, n)
-    assert set(Participant.objects.values_list("arm", flat=True)) == {"static", "chat", "tutor"}
+    assert set(Participant.objects.values_list("arm", flat=True)) == {"static", "chat", "agentic", "tutor"}
 
 
 def test_after_pretest_allocation_is_stratified_by_pretest_band(launch, enter, step_through):

@@ -235,6 +235,7 @@ def test_the_time_limit_refuses_sending(chat_client):
     assert refused.status_code == 409 and refused.json()["error"] == "limit"
     assert "time for this conversation is over" in refused.json()["message"]
     assert Turn.objects.filter(author=Turn.Author.PARTICIPANT).count() == 1
+    assert Conversation.objects.get(pk=conversation.pk).end_reason == Conversation.EndReason.MINUTES  # stored
     section = _chat_section(client.get(_urls(version)["page"]).content.decode())
     assert _attr(section, "data-seconds-left") == "0" and _attr(section, "data-ended") == "1"
 

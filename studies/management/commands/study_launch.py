@@ -15,7 +15,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, slug, number, base_url, **options):
         try:
-            launched = study_launch(slug=slug, number=number)
+            launched = study_launch(slug=slug, number=number, actor=None)  # the shell: audited as system
         except (StudyStateError, StudyFileInvalid) as error:
             raise CommandError(str(error)) from None
         link = f"{base_url.rstrip('/')}/s/{slug}/"

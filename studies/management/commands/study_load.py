@@ -12,6 +12,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, path, **options):
         study_file = study_file_or_error(path, consequence=", nothing saved")
-        version, created = study_version_create(study_file=study_file)
+        version, created = study_version_create(study_file=study_file, actor=None)  # the shell: audited as system
         verb = "loaded as" if created else "unchanged: already"
         self.stdout.write(f"{version.study.slug}: {verb} v{version.number} ({version.state}, sha256 {version.sha256})")

@@ -151,6 +151,7 @@ def participant_measures(
     )
     ece_by = pd.Series(
         {p: ece(g["confidence"], g["y"]) for p, g in rated.groupby("pseudonym")}, name="ece", dtype=float,
+        index=brier.index,  # the same people, and a string index even when nobody has rated yet (merge needs it)
     )
     for series in (fsa, brier, ece_by):
         out = out.merge(series.rename_axis("pseudonym").reset_index(), on="pseudonym", how="left")

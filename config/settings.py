@@ -28,6 +28,11 @@ PID_HASH_KEY = os.environ.get("PID_HASH_KEY", "") or f"pid-hash:{SECRET_KEY}"
 # Export pseudonyms are keyed hashes of participant ids; set this before rotating the secret key so
 # pseudonyms stay stable across exports (docs/export.md).
 PSEUDONYM_KEY = os.environ.get("PSEUDONYM_KEY", "")
+# Days after a participant finished (completed, withdrew, declined) that their PID and session hashes are
+# cleared; after that the same PID counts as a new person (docs/participant-journey.md). 0: never.
+PID_HASH_RETENTION_DAYS = int(os.environ.get("PID_HASH_RETENTION_DAYS", "90"))
+# An active participant not seen for this long no longer holds a seat in an arm with a cap (docs/allocation.md).
+SEAT_HOLD_MINUTES = int(os.environ.get("SEAT_HOLD_MINUTES", "120"))
 
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
@@ -152,6 +157,51 @@ LOGIN_URL = "/console/login/"
 LOGIN_REDIRECT_URL = "/console/"
 LOGOUT_REDIRECT_URL = "/console/login/"
 
+# The REST API (docs/api.md). Tokens first, so a request without credentials answers 401 (Bearer).
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "console.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",  # the pages' session; enforces CSRF
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],  # API views set their own
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser", "rest_framework.parsers.MultiPartParser"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "console.throttling.TokenThrottle", "console.throttling.SessionUserThrottle", "console.throttling.AnonIPThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "token": os.environ.get("API_RATE_TOKEN", "600/min"),
+        "user": os.environ.get("API_RATE_USER", "600/min"),
+        "anon": os.environ.get("API_RATE_ANON", "120/min"),
+    },
+    # Behind N proxies the client's IP is the Nth address from the right of X-Forwarded-For; with 0 it is
+    # REMOTE_ADDR, so a client cannot dodge the per-IP limit with a made-up header.
+    "NUM_PROXIES": int(os.environ.get("API_NUM_PROXIES", "1" if HTTPS else "0")),
+    "EXCEPTION_HANDLER": "console.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Teachback API",
+    "DESCRIPTION": "Studies, participants, transcripts, exports and reports for researchers. "
+                   "Authenticate with a personal token (`Authorization: Bearer tb_...`). See docs/api.md.",
+    "VERSION": "1",
+    "SCHEMA_PATH_PREFIX": "/api/",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,  # separate request and response components: uploads are binary
+    "ENUM_NAME_OVERRIDES": {
+        "RoleEnum": "studies.models.Membership.Role",
+        "VersionStateEnum": "studies.models.StudyVersion.State",
+        "StepEnum": "participants.models.Step",
+        "ParticipantStatusEnum": "participants.models.Participant.Status",
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "console.schema.error_responses_hook",  # every 400/401/403/404/429 an operation can give
+    ],
+}
+
 # Language models. Keys only from the environment; with none configured, chat arms answer from the
 # scripted demo model at SCRIPTED_LLM_URL (started by `run.py demo` and by the tests), and say so.
 LLM_BASE_URL = os.environ.get("LLM_BASE_URL", "")
@@ -183,6 +233,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE = {
     "turns-sweep": {"task": "explainers.tasks.turns_sweep_task", "schedule": float(os.environ.get("TURN_SWEEP_EVERY_S", "15"))},
+    # the study cost caps (docs/roles.md, "Budgets") and the retention of PID hashes
+    "budgets-check": {"task": "participants.tasks.budgets_check_task", "schedule": 15.0},
+    "pid-hashes-expire": {"task": "participants.tasks.pid_hashes_expire_task", "schedule": 24 * 60 * 60.0},
 }
 # Worker threads share this many database connections (PostgreSQL allows 100 in all).
 WORKER_DB_SLOTS = int(os.environ.get("WORKER_DB_SLOTS", "20"))

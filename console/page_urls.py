@@ -1,4 +1,46 @@
-from django.urls import path
+"""The researcher pages under /console/ (namespace "console"). Every study page has a <slug:slug> kwarg and
+declares what it needs (console.access.researcher_view); docs/console.md lists who sees what."""
+from django.contrib.auth import views as auth_views
+from django.urls import path, reverse_lazy
+
+from . import views
+from .access import public_view
 
 app_name = "console"
-urlpatterns: list = []
+
+
+def _account(view):
+    """Mark a Django auth view for the access-matrix test: it takes no study."""
+    view.needs = "account"
+    return view
+
+
+urlpatterns = [
+    path("login/", public_view(auth_views.LoginView.as_view(
+        template_name="console/login.html", redirect_authenticated_user=True)), name="login"),
+    path("logout/", public_view(auth_views.LogoutView.as_view()), name="logout"),  # POST only (Django 5)
+    path("password/", _account(auth_views.PasswordChangeView.as_view(
+        template_name="console/password_change.html", success_url=reverse_lazy("console:password_change_done"),
+    )), name="password_change"),
+    path("password/done/", _account(auth_views.PasswordChangeDoneView.as_view(
+        template_name="console/password_change_done.html")), name="password_change_done"),
+    path("", views.study_list, name="study_list"),
+    path("upload/", views.study_upload, name="study_upload"),
+    path("<slug:slug>/", views.study_detail, name="study"),
+    path("<slug:slug>/upload/", views.study_version_upload, name="study_version_upload"),
+    path("<slug:slug>/diff/", views.version_diff, name="version_diff"),
+    path("<slug:slug>/state/", views.study_state, name="study_state"),
+    path("<slug:slug>/members/", views.member_set, name="member_set"),
+    path("<slug:slug>/members/remove/", views.member_remove, name="member_remove"),
+    path("<slug:slug>/bots/", views.bots_start, name="bots_start"),
+    path("<slug:slug>/bots/<str:run>/", views.bots_status, name="bots_status"),
+    path("<slug:slug>/monitor/", views.monitor, name="monitor"),
+    path("<slug:slug>/monitor/live/", views.monitor_live, name="monitor_live"),
+    path("<slug:slug>/participants/", views.participant_list, name="participants"),
+    path("<slug:slug>/participants/<str:pseudonym>/", views.transcript, name="transcript"),
+    path("<slug:slug>/participants/<str:pseudonym>/erase/", views.participant_erase, name="participant_erase"),
+    path("<slug:slug>/exports/", views.jobs, name="jobs"),
+    path("<slug:slug>/exports/start/", views.job_start, name="job_start"),
+    path("<slug:slug>/exports/<int:job_id>/", views.job_status, name="job_status"),
+    path("<slug:slug>/exports/<int:job_id>/download/", views.job_download, name="job_download"),
+]

@@ -1,0 +1,340 @@
+"""The numbers behind the researcher's live monitor (console pages and the API share them).
+
+`study_monitor` reads a study in a fixed number of queries whatever its size: every count, sum and
+percentile is aggregated by the database. On PostgreSQL the percentiles are `percentile_cont`; SQLite
+(the demo) has none, so there the query returns the values and Python interpolates them the same way.
+docs/console.md says what each number means.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import timedelta
+
+from django.db import connection
+from django.db.models import Aggregate, Case, Count, F, FloatField, IntegerField, Q, Sum, Value, When
+from django.utils import timezone
+
+from explainers.arms import arm_available
+from explainers.models import LLMCall, Turn
+from participants.models import STEP_ORDER, ErasedSpend, PageVisit, Participant, Step
+from studies.models import Study, StudyVersion
+from studies.spec import localize
+
+# An active participant not seen for this long is counted as dropped out (they may still come back:
+# the server keeps their place, and they leave the count when they do).
+IDLE_AFTER = timedelta(minutes=30)
+# The steps a participant spends time on (consent has no timed page visit: the clock starts after it).
+TIMED_STEPS = [s for s in STEP_ORDER if s not in (Step.CONSENT, Step.DONE)]
+UNALLOCATED = ""
+
+_S = Participant.Status
+
+
+class PercentileCont(Aggregate):
+    """PostgreSQL's continuous percentile: `percentile_cont(q) WITHIN GROUP (ORDER BY expr)`."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression, fraction: float, **extra):
+        assert 0 <= fraction <= 1
+        super().__init__(expression, fraction=repr(float(fraction)), **extra)
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """Linear interpolation between closest ranks, as PostgreSQL's percentile_cont; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def study_monitor(*, study: Study) -> dict:
+    """Return the monitor's numbers for the whole study (every version, pilots and bots counted and shown).
+
+    Queries: 6 on PostgreSQL, 7 on SQLite, and 4 more when the study file sets budgets (the budget state).
+    """
+    now = timezone.now()
+    version = _version_shown(study)
+    arms = _arms(version)
+    groups = _participant_groups(study, now)
+    calls = _llm_calls(study)
+    turns = _turns(study)
+    erased = _erased_spend(study)
+    step_times = _step_times(study)
+
+    seen = {g["arm"] for g in groups} | set(calls) | set(turns) | set(erased)
+    for arm_id in sorted(seen - set(arms) - {UNALLOCATED}):  # an arm of an older version
+        arms[arm_id] = {"id": arm_id, "kind": "", "label": arm_id, "weight": 0, "available": False}
+
+    totals = defaultdict(int)
+    per_arm = {arm_id: defaultdict(int) for arm_id in [*arms, UNALLOCATED]}
+    by_step = {row: defaultdict(int) for row in [*STEP_ORDER[:-1], _S.COMPLETED, _S.DECLINED, _S.WITHDRAWN]}
+    for g in groups:
+        n, arm = g["n"], g["arm"]
+        totals["participants"] += n
+        totals["simulated"] += n if g["is_simulated"] else 0
+        totals["pilot"] += n if g["is_pilot"] else 0
+        totals[g["status"]] += n
+        totals["idle"] += g["idle"]
+        row = g["step"] if g["status"] == _S.ACTIVE else g["status"]
+        by_step[row][arm] += n
+        by_step[row]["total"] += n
+        counts = per_arm[arm]
+        counts["participants"] += n
+        counts[g["status"]] += n
+        counts["idle"] += g["idle"]
+
+    allocated = sum(per_arm[a]["participants"] for a in arms)
+    available_weight = sum(a["weight"] for a in arms.values() if a["available"])
+    arm_rows = []
+    for arm_id, arm in arms.items():
+        counts, call, turn = per_arm[arm_id], calls.get(arm_id, {}), turns.get(arm_id, {})
+        gone = erased.get(arm_id, {})
+        cost = float((call.get("cost") or 0) + (gone.get("cost") or 0))
+        n = counts["participants"]
+        expected = arm["weight"] / available_weight if arm["available"] and available_weight else 0.0
+        dropped = counts[_S.WITHDRAWN] + counts["idle"]
+        n_calls = call.get("calls", 0)
+        arm_rows.append({
+            **arm,
+            "participants": n,
+            "share": n / allocated if allocated else None,
+            "expected_share": expected,
+            "expected_n": expected * allocated,
+            "active": counts[_S.ACTIVE],
+            "completed": counts[_S.COMPLETED],
+            "withdrawn": counts[_S.WITHDRAWN],
+            "idle": counts["idle"],
+            "completion_rate": counts[_S.COMPLETED] / n if n else None,
+            "dropout_rate": dropped / n if n else None,
+            "turns": turn.get("turns", 0),
+            "failed_turns": turn.get("failed", 0),
+            "llm_calls": n_calls,
+            "llm_errors": call.get("errors", 0),
+            "error_rate": call.get("errors", 0) / n_calls if n_calls else None,
+            "ttft_p50_ms": call.get("ttft_p50"),
+            "ttft_p95_ms": call.get("ttft_p95"),
+            "tokens": (call.get("input_tokens") or 0) + (call.get("output_tokens") or 0) + (gone.get("tokens") or 0),
+            "cost_usd": cost,
+            "erased_cost_usd": float(gone.get("cost") or 0),
+            "cost_per_completer_usd": cost / counts[_S.COMPLETED] if counts[_S.COMPLETED] else None,
+        })
+    all_calls = sum(r["llm_calls"] for r in arm_rows)
+    all_errors = sum(r["llm_errors"] for r in arm_rows)
+    return {
+        "generated_at": now,
+        "version": None if version is None else {
+            "number": version.number, "state": version.state, "launched_at": version.launched_at,
+        },
+        "idle_after_minutes": int(IDLE_AFTER.total_seconds() // 60),
+        "totals": {
+            "participants": totals["participants"], "simulated": totals["simulated"], "pilot": totals["pilot"],
+            "active": totals[_S.ACTIVE], "completed": totals[_S.COMPLETED], "declined": totals[_S.DECLINED],
+            "withdrawn": totals[_S.WITHDRAWN], "idle": totals["idle"], "unallocated": per_arm[UNALLOCATED]["participants"],
+            "llm_calls": all_calls, "llm_errors": all_errors,
+            "error_rate": all_errors / all_calls if all_calls else None,
+            "cost_usd": sum(r["cost_usd"] for r in arm_rows),
+            "tokens": sum(r["tokens"] for r in arm_rows),
+        },
+        "arms": arm_rows,
+        "steps": [
+            {"step": row, "counts": [by_step[row].get(a, 0) for a in [*arms, UNALLOCATED]], "total": by_step[row]["total"]}
+            for row in by_step
+        ],
+        "step_columns": [*arms, UNALLOCATED],
+        "step_times": [
+            {"step": step, "median_s": [_seconds(step_times.get((a, step))) for a in arms],
+             "all_s": _seconds(step_times.get((None, step))), "n": step_times.get(("n", step), 0)}
+            for step in TIMED_STEPS
+        ],
+        "budget": _budget_state(version),
+    }
+
+
+def _seconds(ms):
+    return None if ms is None else ms / 1000
+
+
+# --- the queries ----------------------------------------------------------------------------------
+
+
+def _version_shown(study: Study) -> StudyVersion | None:
+    """The open (live or paused) version; else the last launched; else the latest draft."""
+    rank = Case(
+        When(state__in=[StudyVersion.State.LIVE, StudyVersion.State.PAUSED], then=Value(0)),
+        When(state=StudyVersion.State.CLOSED, then=Value(1)),
+        default=Value(2), output_field=IntegerField(),
+    )
+    return (
+        StudyVersion.objects.filter(study=study).annotate(rank=rank).order_by("rank", "-number")
+        .only("number", "state", "launched_at", "spec").first()
+    )
+
+
+def _arms(version: StudyVersion | None) -> dict[str, dict]:
+    if version is None:
+        return {}
+    languages = version.spec.get("languages") or ["en"]
+    lang = "en" if "en" in languages else languages[0]
+    return {
+        a["id"]: {
+            "id": a["id"], "kind": a["kind"], "label": localize(a.get("label"), lang) if a.get("label") else a["id"],
+            "weight": int(a.get("weight") or 0), "available": arm_available(a),
+        }
+        for a in version.spec.get("arms") or []
+    }
+
+
+def _participant_groups(study: Study, now) -> list[dict]:
+    return list(
+        Participant.objects.filter(study=study)
+        .values("arm", "step", "status", "is_simulated", "is_pilot")
+        .annotate(n=Count("id"), idle=Count("id", filter=Q(status=_S.ACTIVE, last_seen_at__lt=now - IDLE_AFTER)))
+        .order_by()
+    )
+
+
+def _llm_calls(study: Study) -> dict[str, dict]:
+    """Per arm: calls, errors, tokens, cost, and TTFT p50/p95 over the calls that succeeded."""
+    calls = LLMCall.objects.filter(turn__conversation__version__study=study)
+    ok = Q(status=LLMCall.Status.OK, ttft_ms__isnull=False)
+    percentiles = {}
+    if connection.vendor == "postgresql":
+        percentiles = {
+            "ttft_p50": PercentileCont("ttft_ms", 0.5, filter=ok),
+            "ttft_p95": PercentileCont("ttft_ms", 0.95, filter=ok),
+        }
+    rows = (
+        calls.values(arm_id=F("turn__conversation__arm"))
+        .annotate(
+            calls=Count("id"), errors=Count("id", filter=Q(status=LLMCall.Status.ERROR)),
+            input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost_usd"),
+            **percentiles,
+        )
+        .order_by()
+    )
+    out = {row.pop("arm_id"): row for row in rows}
+    if not percentiles:  # SQLite: one more query for the values, interpolated here
+        values = defaultdict(list)
+        for arm_id, ttft in calls.filter(ok).values_list("turn__conversation__arm", "ttft_ms").order_by():
+            values[arm_id].append(ttft)
+        for arm_id, row in out.items():
+            row["ttft_p50"] = percentile(values[arm_id], 0.5)
+            row["ttft_p95"] = percentile(values[arm_id], 0.95)
+    return out
+
+
+def _turns(study: Study) -> dict[str, dict]:
+    """Per arm: the participants' messages and the ones whose reply failed."""
+    rows = (
+        Turn.objects.filter(conversation__version__study=study, author=Turn.Author.PARTICIPANT)
+        .values(arm_id=F("conversation__arm"))
+        .annotate(turns=Count("id"), failed=Count("id", filter=Q(status=Turn.Status.FAILED)))
+        .order_by()
+    )
+    return {row.pop("arm_id"): row for row in rows}
+
+
+def _erased_spend(study: Study) -> dict[str, dict]:
+    """Per arm, what erased participants' LLM calls cost: their calls are gone, the money was spent."""
+    rows = (
+        ErasedSpend.objects.filter(version__study=study).values("arm")
+        .annotate(cost=Sum("cost_usd"), tokens=Sum("tokens")).order_by()
+    )
+    return {row.pop("arm"): row for row in rows}
+
+
+def _step_times(study: Study) -> dict[tuple, float]:
+    """Median time (ms) spent on each step, per arm (key (arm, step)) and over all arms (key (None, step)).
+
+    A participant's time on a step is the sum of `server_ms` over the step's submitted page visits (an
+    instrument has one page per item), counted only once they have left the step, so a half-done step
+    does not pull the median down. ("n", step) holds how many participants the median is over.
+    """
+    visits, participants = PageVisit._meta.db_table, Participant._meta.db_table
+    if connection.vendor == "postgresql":
+        step = "split_part(v.page, ':', 1)"
+    else:
+        step = "CASE WHEN instr(v.page, ':') > 0 THEN substr(v.page, 1, instr(v.page, ':') - 1) ELSE v.page END"
+    per_participant = f"""
+        SELECT p.arm AS arm, {step} AS step, SUM(v.server_ms) AS ms
+        FROM {visits} v JOIN {participants} p ON p.id = v.participant_id
+        WHERE p.study_id = %s AND v.server_ms IS NOT NULL AND p.step <> {step}
+        GROUP BY v.participant_id, p.arm, {step}
+    """
+    out: dict[tuple, float] = {}
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"SELECT arm, step, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), count(*), GROUPING(arm)"
+                f" FROM ({per_participant}) t GROUP BY GROUPING SETS ((arm, step), (step))",
+                [study.pk],
+            )
+            for arm, step_name, median, n, overall in cursor.fetchall():
+                if overall:
+                    out[(None, step_name)] = median
+                    out[("n", step_name)] = n
+                else:
+                    out[(arm, step_name)] = median
+            return out
+        cursor.execute(per_participant, [study.pk])
+        values = defaultdict(list)
+        for arm, step_name, ms in cursor.fetchall():
+            values[(arm, step_name)].append(ms)
+            values[(None, step_name)].append(ms)
+    for key, ms in values.items():
+        out[key] = percentile(ms, 0.5)
+        if key[0] is None:
+            out[("n", key[1])] = len(ms)
+    return out
+
+
+def _budget_state(version: StudyVersion | None):
+    """The version's budgets and how much of each is used, or None when its study file sets none."""
+    if version is None:
+        return None
+    spec = version.spec
+    if not (spec.get("budget") or any(a.get("budget") for a in spec.get("arms") or [])):
+        return None
+    from participants.selectors import study_budget_state
+
+    return study_budget_state(version=version)
+
+
+def participant_activity(*, study: Study, pseudonym: str) -> dict:
+    """One participant's pages (time on each, reloads, pastes) and answers (score per phase), for the
+    transcript page: the whole record of a static-arm participant, and the test scores of any other.
+
+    Three queries; raises Http404 for a pseudonym not in this study.
+    """
+    from analysis.selectors import participant_get
+    from participants.models import Response
+
+    participant = participant_get(study=study, pseudonym=pseudonym)
+    pages = list(
+        PageVisit.objects.filter(participant=participant).order_by("first_shown_at", "id")
+        .values("page", "first_shown_at", "submitted_at", "server_ms", "shown_count", "client")
+    )
+    answers = list(
+        Response.objects.filter(participant=participant).order_by("created_at", "id")
+        .values("phase", "item_id", "concept", "value", "score", "correct", "confidence", "time_ms")
+    )
+    phases: dict[str, dict] = {}
+    for answer in answers:
+        phase = phases.setdefault(answer["phase"], {"phase": answer["phase"], "answers": [], "scored": 0, "total": 0.0})
+        phase["answers"].append(answer)
+        if answer["score"] is not None:
+            phase["scored"] += 1
+            phase["total"] += answer["score"]
+    for phase in phases.values():
+        phase["score"] = phase["total"] / phase["scored"] if phase["scored"] else None
+    return {
+        "pages": pages,
+        "phases": list(phases.values()),
+        "time_s": sum(p["server_ms"] or 0 for p in pages) / 1000,
+    }

@@ -1,0 +1,73 @@
+"""Input of the researcher pages: one form per operation; the services check the rest."""
+from django import forms
+
+from participants.models import STEP_ORDER, Participant
+from studies.models import Membership
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+EXPORT_FORMATS = [("csv", "CSV"), ("parquet", "Parquet"), ("jsonl", "JSON lines")]
+
+
+class StudyUploadForm(forms.Form):
+    file = forms.FileField(
+        label="Study file", help_text="a study.yaml, or a .zip of the study folder (study.yaml with its material)"
+    )
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        if upload.size > MAX_UPLOAD_BYTES:
+            raise forms.ValidationError(f"The file is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB.")
+        name = upload.name.lower()
+        if not name.endswith((".zip", ".yaml", ".yml")):
+            raise forms.ValidationError("Upload a study.yaml or a .zip of the study folder.")
+        return upload
+
+
+class StateForm(forms.Form):
+    """Launch a draft version, or pause, resume or close the open one."""
+
+    ACTIONS = {"launch": None, "pause": "paused", "resume": "live", "close": "closed"}
+    action = forms.ChoiceField(choices=[(a, a) for a in ACTIONS])
+    number = forms.IntegerField(min_value=1, required=False)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("action") == "launch" and not data.get("number"):
+            raise forms.ValidationError("Say which version to launch.")
+        return data
+
+
+class MemberForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=Membership.Role.choices)
+
+
+class MemberRemoveForm(forms.Form):
+    username = forms.CharField(max_length=150)
+
+
+class DiffForm(forms.Form):
+    a = forms.IntegerField(min_value=1, label="from version")
+    b = forms.IntegerField(min_value=1, label="to version")
+
+
+class ParticipantFilterForm(forms.Form):
+    """The participant list's filters; an empty choice means 'any'."""
+
+    arm = forms.ChoiceField(required=False)
+    step = forms.ChoiceField(required=False, choices=[("", "any step"), *[(s, s) for s in STEP_ORDER]])
+    status = forms.ChoiceField(required=False, choices=[("", "any status"), *Participant.Status.choices])
+
+    def __init__(self, *args, arms: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["arm"].choices = [("", "any arm"), *[(a, a) for a in arms]]
+
+    def filters(self) -> dict:
+        """Return the chosen filters as keyword arguments (None for 'any'); call after is_valid()."""
+        data = self.cleaned_data if self.is_bound and self.is_valid() else {}
+        return {name: data.get(name) or None for name in ("arm", "step", "status")}
+
+
+class JobForm(forms.Form):
+    kind = forms.ChoiceField(choices=[("export", "export"), ("report", "report")])
+    fmt = forms.ChoiceField(choices=EXPORT_FORMATS, required=False, label="format")

@@ -1,0 +1,264 @@
+"""The researcher's whole path in a real browser: headless Debian Chromium (Playwright), the app under uvicorn
+(ASGI, as in production) and a real Celery worker running the bots against that server.
+
+Log in, upload a study file with an error (the error shows with its line), upload the fixed file, launch,
+run 10 bots from the checklist, watch the monitor's numbers change without a reload, open a transcript.
+Screenshots go to tests/artifacts/console/. The app is served as tests/participants/test_chat_browser.py
+serves it (a settings module in a temporary folder whose STATIC_ROOT `collectstatic` fills).
+"""
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from django.db import connections
+
+from conftest import ARTIFACTS, app_process_env
+from pages_support import PASSWORD, researcher
+from participants.models import Participant
+from studies.models import StudyVersion
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SHOTS = ARTIFACTS / "console"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",  # nothing leaves the machine
+]
+CSP_MARKERS = ("Content Security Policy", "Refused to")
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def browser_environment(monkeypatch):
+    """Let the sync Playwright API and the ORM share the test thread."""
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def console_static(tmp_path_factory):
+    """A settings module whose STATIC_ROOT is a temporary folder, filled by collectstatic."""
+    folder = tmp_path_factory.mktemp("console-asgi")
+    static_root = folder / "static"
+    (folder / "console_browser_settings.py").write_text(
+        "from pathlib import Path\n"
+        "from config.settings import *  # noqa: F403\n"
+        f"STATIC_ROOT = Path({str(static_root)!r})\n"
+        'STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"}}\n'  # noqa: E501
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)]),
+           "DJANGO_SETTINGS_MODULE": "console_browser_settings",
+           "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or "x"}
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0", "-i", "rest_framework"],
+        cwd=ROOT, env=env, check=True, capture_output=True, timeout=60,
+    )
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def site(transactional_db, fake_llm, console_static, tmp_path):
+    """`uvicorn config.asgi:application` on the test database and Redis; its base URL."""
+    port = _free_port()
+    env = {
+        **app_process_env(fake_llm),
+        "PYTHONPATH": os.pathsep.join([str(console_static), str(ROOT)]),
+        "DJANGO_SETTINGS_MODULE": "console_browser_settings",
+        "DJANGO_DEBUG": "",
+    }
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    log_path = tmp_path / "uvicorn.log"
+    log = log_path.open("a")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"uvicorn exited: {log_path.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"uvicorn did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()
+        text = log_path.read_text(errors="replace")
+        assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` (CI has it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+            connections.close_all()
+
+
+def quick_study(data) -> None:
+    """The static and tutor arms (no language model), one second of minimum time: bots finish in seconds."""
+    data["arms"] = [a for a in data["arms"] if a["kind"] in ("static", "tutor")]
+    for arm in data["arms"]:
+        arm.setdefault("limits", {})["min_seconds"] = 1
+    data["allocation"]["block_size"] = 2
+
+
+def _zip(folder: Path, path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                zf.write(file, file.relative_to(folder).as_posix())
+    return path
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+
+
+def _tile(page, name: str) -> int:
+    return int(page.locator(f'#monitor-live [data-total="{name}"]').inner_text())
+
+
+def test_a_researcher_uploads_fixes_launches_runs_bots_watches_the_monitor_and_reads_a_transcript(
+    browser, site, celery_worker_factory, study_folder, tmp_path
+):
+    started = time.monotonic()
+    researcher("ada", password=PASSWORD)
+    broken = study_folder(lambda data: (quick_study(data), data["arms"][0].__setitem__("weight", "heavy")), "broken")
+    fixed = study_folder(quick_study, "fixed")
+    error_line = next(n for n, line in enumerate((broken / "study.yaml").read_text().splitlines(), 1)
+                      if "weight: heavy" in line)
+    worker = celery_worker_factory(concurrency=4)
+
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    messages, errors, failed = [], [], []
+    page.on("console", lambda m: messages.append((m.type, m.text, m.location.get("url", ""))))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.on("dialog", lambda dialog: dialog.accept())  # data-confirm on launch
+
+    # log in
+    page.goto(f"{site}/console/")
+    assert page.url.startswith(f"{site}/console/login/")
+    page.fill("input[name=username]", "ada")
+    page.fill("input[name=password]", PASSWORD)
+    with page.expect_navigation():
+        page.click("button[type=submit].primary")
+    assert page.url == f"{site}/console/"
+    assert page.locator("body").get_attribute("data-page") == "study-list"
+
+    # a study file with an error: listed with its file and line, nothing stored
+    page.set_input_files("form[data-upload] input[type=file]", str(_zip(broken, tmp_path / "broken.zip")))
+    with page.expect_navigation():
+        page.click("form[data-upload] button[type=submit]")
+    errors_box = page.locator("[data-spec-errors]")
+    assert errors_box.is_visible()
+    assert f"study.yaml, line {error_line}" in errors_box.inner_text()
+    assert errors_box.locator(f'li[data-line="{error_line}"]').count() == 1
+    _shot(page, "1-upload-error.png")
+    assert not StudyVersion.objects.exists()
+
+    # the fixed file: a draft version, then launch it
+    page.set_input_files("form[data-upload] input[type=file]", str(_zip(fixed, tmp_path / "fixed.zip")))
+    with page.expect_navigation():
+        page.click("form[data-upload] button[type=submit]")
+    assert page.url == f"{site}/console/loan-approval/"
+    assert "Stored loan-approval v1 as a draft." in page.locator(".messages").inner_text()
+    with page.expect_navigation():
+        page.click('button[data-launch="1"]')
+    assert page.locator("[data-state]").first.get_attribute("data-state") == "live"
+    link = page.locator("[data-participant-link]").input_value()
+    assert link.endswith("/s/loan-approval/?PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}")
+    _shot(page, "2-launched-checklist.png")
+
+    # the monitor, open before the bots start
+    monitor = context.new_page()
+    monitor.on("console", lambda m: messages.append((m.type, m.text, m.location.get("url", ""))))
+    monitor.on("pageerror", lambda e: errors.append(str(e)))
+    monitor.goto(f"{site}/console/loan-approval/monitor/")
+    assert _tile(monitor, "participants") == 0
+    monitor.evaluate("window.__notReloaded = true")
+
+    # run 10 bots from the checklist; the fragment polls until they are done
+    page.bring_to_front()
+    page.click("button[data-run-bots]")
+    page.wait_for_selector('[data-bots="running"], [data-bots="done"]')
+    page.wait_for_selector('[data-bots="done"]', timeout=45_000)
+    bots = page.locator("[data-bots]")
+    assert bots.get_attribute("data-bots-done") == "10"
+    assert page.locator("[data-bots-completed]").inner_text() == "10", bots.inner_text()
+    assert page.locator("[data-bots-failed]").inner_text() == "0"
+    _shot(page, "3-bots-done.png")
+    assert Participant.objects.filter(is_simulated=True, status="completed").count() == 10
+
+    # the monitor caught up by itself: htmx swaps its fragment every 5 s, and the numbers in it are at
+    # most one poll old (a worker recomputes them when a poll finds them stale): same page, new numbers
+    monitor.bring_to_front()
+    monitor.wait_for_function(
+        "() => document.querySelector('#monitor-live [data-total=\"completed\"]').textContent.trim() === '10'",
+        timeout=20_000,
+    )
+    assert monitor.evaluate("window.__notReloaded === true")
+    assert _tile(monitor, "participants") == 10
+    allocated = sum(int(monitor.locator(f'tr[data-arm="{arm}"] [data-allocated]').inner_text()) for arm in ("static", "tutor"))
+    assert allocated == 10
+    _shot(monitor, "4-monitor.png")
+
+    # a tutor participant's transcript, from the participant list
+    monitor.goto(f"{site}/console/loan-approval/participants/?arm=tutor")
+    rows = monitor.locator("tr[data-pseudonym]")
+    assert rows.count() >= 1
+    with monitor.expect_navigation():
+        rows.first.locator("a").click()
+    assert monitor.locator("body").get_attribute("data-page") == "transcript"
+    assert monitor.locator("li.turn-row").count() >= 1
+    assert monitor.locator(".snapshot").count() >= 1  # the learner model from the pre-test at least
+    assert re.search(r"arm\s+tutor", monitor.locator(".head").inner_text())
+    _shot(monitor, "5-transcript.png")
+
+    csp = [text for _kind, text, _url in messages if any(marker in text for marker in CSP_MARKERS)]
+    assert not csp, csp
+    assert not errors, errors
+    expected = {f"400 {site}/console/upload/"}  # the upload with an error answers 400 with its page
+    assert not [f for f in failed if not f.endswith("/favicon.ico") and f not in expected], failed
+    context.close()
+    assert worker.process.poll() is None
+    assert time.monotonic() - started < 60, time.monotonic() - started

@@ -1,5 +1,12 @@
-"""Shared fixtures: the example study launched from a (possibly edited) copy of its folder."""
+"""Shared fixtures: the example study launched from a (possibly edited) copy of its folder, the fake model,
+a real Celery worker, and the app under uvicorn with Debian Chromium for the browser tests."""
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -9,7 +16,8 @@ from ruamel.yaml import YAML
 from studies.services import study_launch, study_version_create
 from studies.spec import study_file_read
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "studies" / "examples" / "loan-approval"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "studies" / "examples" / "loan-approval"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 
 
@@ -233,3 +241,110 @@ def celery_worker_factory(transactional_db, fake_llm, tmp_path):
     yield start
     for worker in workers:
         worker.stop()
+
+
+# --- the app under uvicorn (ASGI, as in production) and Debian Chromium, for the browser tests ------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",  # nothing leaves the machine
+]
+CSP_MARKERS = ("Content Security Policy", "Refused to")
+
+
+@pytest.fixture(scope="session")
+def asgi_static(tmp_path_factory):
+    """A settings module whose STATIC_ROOT is a temporary folder, filled by collectstatic once per session.
+
+    Server-sent events need an ASGI server (pytest-django's `live_server` is threaded WSGI), and that process
+    uses the production static storage: the manifest (hashed names) without WhiteNoise's slow compression.
+    Nothing is written in the checkout.
+    """
+    folder = tmp_path_factory.mktemp("asgi")
+    static_root = folder / "static"
+    (folder / "browser_asgi_settings.py").write_text(
+        "from pathlib import Path\n"
+        "from config.settings import *  # noqa: F403\n"
+        f"STATIC_ROOT = Path({str(static_root)!r})\n"
+        'STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"}}\n'  # noqa: E501
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)]),
+           "DJANGO_SETTINGS_MODULE": "browser_asgi_settings", "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or "x"}
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0", "-i", "rest_framework"],
+        cwd=ROOT, env=env, check=True, capture_output=True, timeout=60,
+    )
+    assert (static_root / "staticfiles.json").exists()
+    return folder
+
+
+@pytest.fixture
+def asgi_server(transactional_db, fake_llm, asgi_static, tmp_path):
+    """`uvicorn config.asgi:application` on the test database, the test Redis and the fake model; its URL.
+
+    Fails the test if the server logged a traceback.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **app_process_env(fake_llm),
+        "PYTHONPATH": os.pathsep.join([str(asgi_static), str(ROOT)]),
+        "DJANGO_SETTINGS_MODULE": "browser_asgi_settings",
+        "DJANGO_DEBUG": "",
+    }
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the app runs as in production
+    log_path = tmp_path / "uvicorn.log"
+    log = log_path.open("a")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"uvicorn exited: {log_path.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"uvicorn did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()
+        text = log_path.read_text(errors="replace")
+        assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture
+def browser():
+    """Headless Debian Chromium through Playwright's sync API (skips where Chromium is not installed)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` (CI has it)")
+    from playwright.sync_api import sync_playwright
+
+    from django.db import connections
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+            # Playwright's loop makes Django hand this thread a context-local connection pytest-django
+            # never sees: close it, or dropping the test database at the end fails.
+            connections.close_all()

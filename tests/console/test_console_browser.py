@@ -3,37 +3,21 @@
 
 Log in, upload a study file with an error (the error shows with its line), upload the fixed file, launch,
 run 10 bots from the checklist, watch the monitor's numbers change without a reload, open a transcript.
-Screenshots go to tests/artifacts/console/. The app is served as tests/participants/test_chat_browser.py
-serves it (a settings module in a temporary folder whose STATIC_ROOT `collectstatic` fills).
+Screenshots go to tests/artifacts/console/. The app is served by the `asgi_server` fixture of tests/conftest.py.
 """
-import io
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
-from django.db import connections
 
-from conftest import ARTIFACTS, app_process_env
+from conftest import ARTIFACTS, CSP_MARKERS
 from pages_support import PASSWORD, researcher
 from participants.models import Participant
 from studies.models import StudyVersion
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 SHOTS = ARTIFACTS / "console"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",  # nothing leaves the machine
-]
-CSP_MARKERS = ("Content Security Policy", "Refused to")
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
@@ -42,93 +26,6 @@ def browser_environment(monkeypatch):
     """Let the sync Playwright API and the ORM share the test thread."""
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     SHOTS.mkdir(parents=True, exist_ok=True)
-
-
-@pytest.fixture(scope="session")
-def console_static(tmp_path_factory):
-    """A settings module whose STATIC_ROOT is a temporary folder, filled by collectstatic."""
-    folder = tmp_path_factory.mktemp("console-asgi")
-    static_root = folder / "static"
-    (folder / "console_browser_settings.py").write_text(
-        "from pathlib import Path\n"
-        "from config.settings import *  # noqa: F403\n"
-        f"STATIC_ROOT = Path({str(static_root)!r})\n"
-        'STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"}}\n'  # noqa: E501
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)]),
-           "DJANGO_SETTINGS_MODULE": "console_browser_settings",
-           "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or "x"}
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0", "-i", "rest_framework"],
-        cwd=ROOT, env=env, check=True, capture_output=True, timeout=60,
-    )
-    return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def site(transactional_db, fake_llm, console_static, tmp_path):
-    """`uvicorn config.asgi:application` on the test database and Redis; its base URL."""
-    port = _free_port()
-    env = {
-        **app_process_env(fake_llm),
-        "PYTHONPATH": os.pathsep.join([str(console_static), str(ROOT)]),
-        "DJANGO_SETTINGS_MODULE": "console_browser_settings",
-        "DJANGO_DEBUG": "",
-    }
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    log_path = tmp_path / "uvicorn.log"
-    log = log_path.open("a")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"uvicorn exited: {log_path.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"uvicorn did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        log.close()
-        text = log_path.read_text(errors="replace")
-        assert "Traceback" not in text, text[-3000:]
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` (CI has it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
-            connections.close_all()
 
 
 def quick_study(data) -> None:
@@ -156,7 +53,7 @@ def _tile(page, name: str) -> int:
 
 
 def test_a_researcher_uploads_fixes_launches_runs_bots_watches_the_monitor_and_reads_a_transcript(
-    browser, site, celery_worker_factory, study_folder, tmp_path
+    browser, asgi_server, celery_worker_factory, study_folder, tmp_path
 ):
     started = time.monotonic()
     researcher("ada", password=PASSWORD)
@@ -176,13 +73,13 @@ def test_a_researcher_uploads_fixes_launches_runs_bots_watches_the_monitor_and_r
     page.on("dialog", lambda dialog: dialog.accept())  # data-confirm on launch
 
     # log in
-    page.goto(f"{site}/console/")
-    assert page.url.startswith(f"{site}/console/login/")
+    page.goto(f"{asgi_server}/console/")
+    assert page.url.startswith(f"{asgi_server}/console/login/")
     page.fill("input[name=username]", "ada")
     page.fill("input[name=password]", PASSWORD)
     with page.expect_navigation():
         page.click("button[type=submit].primary")
-    assert page.url == f"{site}/console/"
+    assert page.url == f"{asgi_server}/console/"
     assert page.locator("body").get_attribute("data-page") == "study-list"
 
     # a study file with an error: listed with its file and line, nothing stored
@@ -200,7 +97,7 @@ def test_a_researcher_uploads_fixes_launches_runs_bots_watches_the_monitor_and_r
     page.set_input_files("form[data-upload] input[type=file]", str(_zip(fixed, tmp_path / "fixed.zip")))
     with page.expect_navigation():
         page.click("form[data-upload] button[type=submit]")
-    assert page.url == f"{site}/console/loan-approval/"
+    assert page.url == f"{asgi_server}/console/loan-approval/"
     assert "Stored loan-approval v1 as a draft." in page.locator(".messages").inner_text()
     with page.expect_navigation():
         page.click('button[data-launch="1"]')
@@ -213,7 +110,7 @@ def test_a_researcher_uploads_fixes_launches_runs_bots_watches_the_monitor_and_r
     monitor = context.new_page()
     monitor.on("console", lambda m: messages.append((m.type, m.text, m.location.get("url", ""))))
     monitor.on("pageerror", lambda e: errors.append(str(e)))
-    monitor.goto(f"{site}/console/loan-approval/monitor/")
+    monitor.goto(f"{asgi_server}/console/loan-approval/monitor/")
     assert _tile(monitor, "participants") == 0
     monitor.evaluate("window.__notReloaded = true")
 
@@ -243,7 +140,7 @@ def test_a_researcher_uploads_fixes_launches_runs_bots_watches_the_monitor_and_r
     _shot(monitor, "4-monitor.png")
 
     # a tutor participant's transcript, from the participant list
-    monitor.goto(f"{site}/console/loan-approval/participants/?arm=tutor")
+    monitor.goto(f"{asgi_server}/console/loan-approval/participants/?arm=tutor")
     rows = monitor.locator("tr[data-pseudonym]")
     assert rows.count() >= 1
     with monitor.expect_navigation():
@@ -257,7 +154,7 @@ def test_a_researcher_uploads_fixes_launches_runs_bots_watches_the_monitor_and_r
     csp = [text for _kind, text, _url in messages if any(marker in text for marker in CSP_MARKERS)]
     assert not csp, csp
     assert not errors, errors
-    expected = {f"400 {site}/console/upload/"}  # the upload with an error answers 400 with its page
+    expected = {f"400 {asgi_server}/console/upload/"}  # the upload with an error answers 400 with its page
     assert not [f for f in failed if not f.endswith("/favicon.ico") and f not in expected], failed
     context.close()
     assert worker.process.poll() is None

@@ -1,35 +1,18 @@
 """The chat in a real browser: headless Debian Chromium (Playwright), the app under uvicorn (ASGI), and a
 real Celery worker answering from the fake language-model server.
 
-Server-sent events need an ASGI server: pytest-django's `live_server` is a threaded WSGI server, so the app
-runs here as `uvicorn config.asgi:application` in a subprocess on the test database. That process uses the
-production static storage (WhiteNoise's manifest), so a small settings module in a temporary folder points
-STATIC_ROOT there and `collectstatic` fills it once per session; nothing is written in the checkout.
+Server-sent events need an ASGI server, so the app runs as `uvicorn config.asgi:application` in a subprocess
+on the test database (the `asgi_server` fixture of tests/conftest.py).
 """
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
-from django.db import connections
 
-from conftest import ARTIFACTS, app_process_env, chat_only
+from conftest import ARTIFACTS, CSP_MARKERS, chat_only
 from explainers.models import Turn
 from participants.models import Participant, Step
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",  # nothing leaves the machine
-]
-CSP_MARKERS = ("Content Security Policy", "Refused to")
 REPLY = " ".join(
     f"The model first looks at income{n} and then at the debt ratio, and it approves the loan when both are good."
     for n in range(12)
@@ -42,96 +25,6 @@ def browser_environment(monkeypatch):
     """Let the sync Playwright API and the ORM share the test thread."""
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-
-
-@pytest.fixture(scope="session")
-def asgi_static(tmp_path_factory):
-    """A settings module whose STATIC_ROOT is a temporary folder, filled by collectstatic."""
-    folder = tmp_path_factory.mktemp("asgi")
-    static_root = folder / "static"
-    (folder / "chat_browser_settings.py").write_text(
-        "from pathlib import Path\n"
-        "from config.settings import *  # noqa: F403\n"
-        f"STATIC_ROOT = Path({str(static_root)!r})\n"
-        "# The manifest (hashed names, as in production) without WhiteNoise's slow compression pass.\n"
-        'STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"}}\n'  # noqa: E501
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)]),
-           "DJANGO_SETTINGS_MODULE": "chat_browser_settings", "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or "x"}
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0", "-i", "admin", "-i", "rest_framework"],
-        cwd=ROOT, env=env, check=True, capture_output=True, timeout=60,
-    )
-    assert (static_root / "staticfiles.json").exists()
-    return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def asgi_server(transactional_db, fake_llm, asgi_static, tmp_path):
-    """`uvicorn config.asgi:application` on the test database, the test Redis and the fake model; its URL."""
-    port = _free_port()
-    env = {
-        **app_process_env(fake_llm),
-        "PYTHONPATH": os.pathsep.join([str(asgi_static), str(ROOT)]),
-        "DJANGO_SETTINGS_MODULE": "chat_browser_settings",
-        "DJANGO_DEBUG": "",
-    }
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the app runs as in production
-    log_path = tmp_path / "uvicorn.log"
-    log = log_path.open("a")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"uvicorn exited: {log_path.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"{url}/static/js/chat.js", timeout=1).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"uvicorn did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        log.close()
-        text = log_path.read_text(errors="replace")
-        assert "Traceback" not in text, text[-3000:]
-
-
-@pytest.fixture
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` (CI has it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
-            # Playwright's loop makes Django hand this thread a context-local connection pytest-django
-            # never sees: close it, or dropping the test database at the end fails.
-            connections.close_all()
 
 
 def _shot(page, name: str) -> None:

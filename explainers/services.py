@@ -232,14 +232,16 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
             return ReplyOutcome("continue")
         return _attempt_failed(turn, call, result, failures + 1, llm, stream)
     if arm["kind"] != "agentic":
-        return _attempt_succeeded(turn, call, result, llm, endpoint.scripted, stream)
+        return _reply_store(turn, call, result, llm, stream,
+                            lambda locked, first: _chat_reply_save(locked, result, endpoint.scripted, first))
     tool_results = agentic.tool_round_results(plan, result)  # runs the target locally: no network
     if plan.purpose != REPLY or tool_results is not None:
         response = result.response if tool_results is None else {**result.response, "tool_results": tool_results}
         with _db():
             _call_succeeded(call, result, llm, response)
         return ReplyOutcome("continue")
-    return _agentic_reply_succeeded(turn, call, result, llm, endpoint.scripted, stream, plan)
+    return _reply_store(turn, call, result, llm, stream, lambda locked, first: agentic.agentic_reply_save(
+        plan=plan, turn=locked, result=result, scripted=endpoint.scripted, first_token_at=first))
 
 
 def _call_create(turn: Turn, plan, attempt: int, endpoint, conversation: Conversation) -> LLMCall:
@@ -268,24 +270,6 @@ def _call_failed(call: LLMCall, error: ProviderError) -> None:
         )
 
 
-def _agentic_reply_succeeded(turn, call, result, llm, scripted, stream, plan) -> ReplyOutcome:
-    now = timezone.now()
-    first_token_at = now - timedelta(milliseconds=result.latency_ms - (result.ttft_ms or result.latency_ms))
-    with _db(), transaction.atomic():
-        _call_succeeded(call, result, llm)
-        locked = Turn.objects.select_for_update(of=("self",)).select_related("conversation__version").get(pk=turn.pk)
-        if locked.status != Turn.Status.PENDING:
-            return ReplyOutcome("skipped")
-        reply = agentic.agentic_reply_save(plan=plan, turn=locked, result=result, scripted=scripted,
-                                           first_token_at=first_token_at)
-        conversation = locked.conversation
-        usage = conversation_usage(conversation=conversation)
-        if usage.end_reason:
-            conversation_end(conversation=conversation, reason=usage.end_reason)
-    stream.publish("done", reply_id=reply.id)
-    return ReplyOutcome("answered")
-
-
 def _request_log(request: LLMRequest) -> dict:
     return {
         "provider": request.provider, "model": request.model, "messages": request.messages,
@@ -301,26 +285,32 @@ def _cost(llm: dict, input_tokens: int | None, output_tokens: int | None) -> Dec
     return (total / Decimal(1_000_000)).quantize(Decimal("0.000001"))
 
 
-def _attempt_succeeded(turn, call, result, llm, scripted, stream) -> ReplyOutcome:
+def _reply_store(turn, call, result, llm, stream, save) -> ReplyOutcome:
+    """Store a successful last call and the reply, `save(locked_turn, first_token_at)`, in one transaction."""
     now = timezone.now()
     first_token_at = now - timedelta(milliseconds=result.latency_ms - (result.ttft_ms or result.latency_ms))
     with _db(), transaction.atomic():
-        locked = Turn.objects.select_for_update().get(pk=turn.pk)
+        locked = Turn.objects.select_for_update(of=("self",)).select_related("conversation__version").get(pk=turn.pk)
         _call_succeeded(call, result, llm)
         if locked.status != Turn.Status.PENDING:
             return ReplyOutcome("skipped")
-        reply = Turn.objects.create(
-            conversation_id=turn.conversation_id, author=Turn.Author.EXPLAINER, text=result.text, reply_to=locked,
-            status=Turn.Status.COMPLETE, scripted=scripted, first_token_at=first_token_at, completed_at=now,
-        )
-        locked.status = Turn.Status.ANSWERED
-        locked.save(update_fields=["status"])
+        reply = save(locked, first_token_at)
         conversation = locked.conversation
         usage = conversation_usage(conversation=conversation)
         if usage.end_reason:
             conversation_end(conversation=conversation, reason=usage.end_reason)
     stream.publish("done", reply_id=reply.id)
     return ReplyOutcome("answered")
+
+
+def _chat_reply_save(locked: Turn, result, scripted: bool, first_token_at) -> Turn:
+    reply = Turn.objects.create(
+        conversation_id=locked.conversation_id, author=Turn.Author.EXPLAINER, text=result.text, reply_to=locked,
+        status=Turn.Status.COMPLETE, scripted=scripted, first_token_at=first_token_at, completed_at=timezone.now(),
+    )
+    locked.status = Turn.Status.ANSWERED
+    locked.save(update_fields=["status"])
+    return reply
 
 
 def _attempt_failed(turn, call, error: ProviderError, failures: int, llm, stream) -> ReplyOutcome:

@@ -60,6 +60,8 @@ DEFAULT_MAX_LENGTH = 2000
 DEFAULT_STRATA = (0.5,)
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+# Words the researcher console uses in its own addresses (/console/<word>/): a study cannot take them.
+RESERVED_SLUGS = ("login", "logout", "password", "upload")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 OPTION_ID_PATTERN = r"^\S{1,64}$"
 CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -701,6 +703,8 @@ class _Checker:
         self.errors.append(SpecError(_path_str(path), message, file, line))
 
     def run(self) -> None:
+        if self.data.get("slug") in RESERVED_SLUGS:
+            self.error(("slug",), f"'{self.data['slug']}' is reserved by the researcher console; choose another")
         self.check_texts()
         self.check_ids()
         self.check_target()

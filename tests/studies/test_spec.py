@@ -353,6 +353,12 @@ def test_yaml_syntax_error_has_a_line(tmp_path):
     assert len(errors) == 1 and errors[0].message.startswith("invalid yaml") and errors[0].line
 
 
+def test_a_slug_the_console_uses_is_refused_with_its_line(tmp_path):
+    errors = errors_of(write_study(tmp_path, MINIMAL.replace("slug: tiny", "slug: upload")))
+    assert [(e.path, e.line) for e in errors] == [("slug", MINIMAL.splitlines().index("slug: tiny") + 1)]
+    assert "reserved" in errors[0].message
+
+
 def test_missing_folder_is_reported(tmp_path):
     assert errors_of(tmp_path / "nothing")[0].message.startswith("file not found")
 

@@ -1,18 +1,9 @@
 """Read-only admin for API tokens and jobs: rows change only through console.services (and are audited)."""
 from django.contrib import admin
 
+from studies.admin import ReadOnlyAdmin
+
 from .models import ApiToken, Job
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(ApiToken)

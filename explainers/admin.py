@@ -3,6 +3,8 @@ import json
 from django.contrib import admin
 from django.utils.html import format_html
 
+from studies.admin import ReadOnlyAdmin
+
 from .models import Conversation, LearnerModelSnapshot, LLMCall, PostTestPrediction, Turn
 
 
@@ -63,7 +65,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
 
 @admin.register(LearnerModelSnapshot)
-class SnapshotAdmin(admin.ModelAdmin):
+class SnapshotAdmin(ReadOnlyAdmin):
     list_display = ["id", "conversation", "index", "source", "created_at"]
     list_filter = ["source"]
     readonly_fields = ["conversation", "index", "turn", "source", "schema_version", "pretty_state", "created_at"]
@@ -72,15 +74,6 @@ class SnapshotAdmin(admin.ModelAdmin):
     @admin.display(description="state")
     def pretty_state(self, obj):
         return format_html("<pre>{}</pre>", json.dumps(obj.state, indent=2, ensure_ascii=False))
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(LLMCall)

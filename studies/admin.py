@@ -3,6 +3,19 @@ from django.contrib import admin
 from .models import AuditEvent, Study, StudyVersion
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows that change only through services (audited or kept forever): the admin shows them, nothing more."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the view permission still shows every row
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class StudyVersionInline(admin.TabularInline):
     model = StudyVersion
     fields = ["number", "state", "sha256", "target_sha256", "created_at", "launched_at"]
@@ -26,7 +39,7 @@ class StudyAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     """Read-only: the trail is append-only (a trigger refuses changes anyway); `manage.py audit_verify` checks it."""
 
     list_display = ["at", "actor", "action", "study_slug", "object_type", "object_id"]
@@ -35,12 +48,3 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False  # the view permission still shows every row
-
-    def has_delete_permission(self, request, obj=None):
-        return False

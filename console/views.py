@@ -9,7 +9,6 @@ from urllib.parse import quote
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Case, IntegerField, OuterRef, Subquery, Value, When
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
@@ -58,25 +57,10 @@ def _study_context(study, **extra) -> dict:
 # --- the study list and uploads -------------------------------------------------------------------
 
 
-def _state_rank():
-    S = StudyVersion.State
-    return Case(When(state__in=[S.LIVE, S.PAUSED], then=Value(0)), When(state=S.CLOSED, then=Value(1)),
-                default=Value(2), output_field=IntegerField())
-
-
-def _study_rows(user):
-    """The user's studies with their role and the state shown for each (open version first)."""
-    shown = (StudyVersion.objects.filter(study=OuterRef("pk")).annotate(rank=_state_rank())
-             .order_by("rank", "-number"))
-    return study_selectors.studies_for_researcher(user=user).annotate(
-        state=Subquery(shown.values("state")[:1]), version_number=Subquery(shown.values("number")[:1]),
-    )
-
-
 @require_GET
 @researcher_view(needs="account")
 def study_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "console/study_list.html", {"studies": _study_rows(request.user), "form": StudyUploadForm()})
+    return render(request, "console/study_list.html", {"studies": analysis_selectors.study_list(user=request.user), "form": StudyUploadForm()})
 
 
 @require_POST
@@ -87,7 +71,7 @@ def study_upload(request: HttpRequest) -> HttpResponse:
     if form is None:
         return spec_errors
     return render(request, "console/study_list.html", {
-        "studies": _study_rows(request.user), "form": form, "spec_errors": spec_errors,
+        "studies": analysis_selectors.study_list(user=request.user), "form": form, "spec_errors": spec_errors,
     }, status=400)
 
 

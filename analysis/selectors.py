@@ -14,7 +14,7 @@ from django.db.models.functions import Cast
 from django.http import Http404
 
 from explainers.models import LearnerModelSnapshot, LLMCall
-from participants.models import PageVisit, Participant
+from participants.models import PageVisit, Participant, Response
 from studies.models import Membership, Study, StudyVersion
 from studies.selectors import studies_for_researcher
 
@@ -302,3 +302,34 @@ def arm_counts(*, study: Study, version: StudyVersion | None = None) -> list[dic
             "budget": budgets[arm["id"]],
         })
     return arms
+
+
+def participant_activity(*, study: Study, pseudonym: str) -> dict:
+    """One participant's pages (time on each, reloads, pastes) and answers (score per phase), for the
+    transcript page: the whole record of a static-arm participant, and the test scores of any other.
+
+    Three queries; raises Http404 for a pseudonym not in this study.
+    """
+    participant = participant_get(study=study, pseudonym=pseudonym)
+    pages = list(
+        PageVisit.objects.filter(participant=participant).order_by("first_shown_at", "id")
+        .values("page", "first_shown_at", "submitted_at", "server_ms", "shown_count", "client")
+    )
+    answers = list(
+        Response.objects.filter(participant=participant).order_by("created_at", "id")
+        .values("phase", "item_id", "concept", "value", "score", "correct", "confidence", "time_ms")
+    )
+    phases: dict[str, dict] = {}
+    for answer in answers:
+        phase = phases.setdefault(answer["phase"], {"phase": answer["phase"], "answers": [], "scored": 0, "total": 0.0})
+        phase["answers"].append(answer)
+        if answer["score"] is not None:
+            phase["scored"] += 1
+            phase["total"] += answer["score"]
+    for phase in phases.values():
+        phase["score"] = phase["total"] / phase["scored"] if phase["scored"] else None
+    return {
+        "pages": pages,
+        "phases": list(phases.values()),
+        "time_s": sum(p["server_ms"] or 0 for p in pages) / 1000,
+    }

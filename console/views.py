@@ -15,7 +15,6 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from analysis import selectors as analysis_selectors
-from analysis.monitor import participant_activity
 from console import services as console_services
 from console.models import Job
 from explainers.arms import arm_available
@@ -346,7 +345,7 @@ def transcript(request: HttpRequest, slug: str, pseudonym: str, study) -> HttpRe
     data = analysis_selectors.participant_transcript(study=study, pseudonym=pseudonym)
     for turn in data["turns"]:  # the explainer writes Markdown: show it as the participant saw it (sanitised)
         turn["html"] = reply_html(turn["text"]) if turn["author"] == "explainer" else ""
-    activity = participant_activity(study=study, pseudonym=pseudonym)
+    activity = analysis_selectors.participant_activity(study=study, pseudonym=pseudonym)
     return render(request, "console/transcript.html", _study_context(
         study, t=data, activity=activity, pseudonym=pseudonym,
     ))

@@ -1,4 +1,5 @@
 """Teachback settings: the only settings module, read from the environment (12-factor)."""
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -103,7 +104,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+# Every Redis key and pub/sub channel of this deployment starts with this (pub/sub ignores the database
+# number, so two deployments on one Redis server would otherwise hear each other's streams). The default
+# is derived from the secret key and the database name: distinct per deployment, not guessable.
+REDIS_NAMESPACE = os.environ.get("REDIS_NAMESPACE", "") or "tb-" + hashlib.sha256(
+    f"redis-namespace:{SECRET_KEY}:{DATABASES['default'].get('NAME', '')}".encode()
+).hexdigest()[:16]
+# The cache (monitor numbers, bot runs, API throttles) and Celery's broker keys (below) share it too.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                      "KEY_PREFIX": f"{REDIS_NAMESPACE}:cache"}}
 
 # Sessions live in the database: a participant who comes back tomorrow still has theirs.
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
@@ -211,20 +220,30 @@ ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
 SCRIPTED_LLM_URL = os.environ.get("SCRIPTED_LLM_URL", "")
 
 # Celery: every LLM call runs in a worker (threads pool: many calls in flight per process).
-# The timing budget (docs/chat.md; checked by tests/explainers/test_timing_budget.py):
-#   provider timeout (<= 15 s, one attempt per delivery) + 3 s  <=  soft limit < hard limit < visibility timeout
-#   retry countdown < visibility timeout
-#   visibility timeout + unacked_restore_interval x unacked_restore_throttle  <=  30 s  (redelivery after a kill)
+# The timing budget (docs/chat.md "The timing budget"; checked by tests/explainers/test_timing_budget.py):
+#   a worker holds a Redis lease on its turn while its call is alive, renewed by a heartbeat every
+#   LEASE_RENEW_EVERY_S whether or not data arrives; a dead worker's lease expires after LEASE_TTL_S and
+#   the sweeper (every TURN_SWEEP_EVERY_S) re-queues its turn:  LEASE_TTL_S + TURN_SWEEP_EVERY_S  <=  30 s
+#   one attempt per delivery:  studies.spec.LLM_TIMEOUT_MAX_S (600 s) + margin  <=  soft limit  <  hard limit
+#   hard limit, retry countdown  <  visibility timeout: a healthy task is never handed to a second worker
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": 20,
+    # Longer than any delivery: redelivery is the sweeper's job, not the broker's. A message whose worker
+    # died comes back after an hour and finds its turn answered: a no-op.
+    "visibility_timeout": 3600,
     "unacked_restore_interval": 5,
     "unacked_restore_throttle": 1,
+    # kombu prefixes every key it uses (queues, unacked, bindings) and every pidbox/event channel.
+    "global_keyprefix": f"{REDIS_NAMESPACE}:celery:",
 }
-REPLY_SOFT_LIMIT_S = 18
-REPLY_HARD_LIMIT_S = 19
-REPLY_MAX_COUNTDOWN_S = 10
-TURN_SWEEP_STALE_S = int(os.environ.get("TURN_SWEEP_STALE_S", "45"))  # a pending turn untouched this long lost its message
+REPLY_SOFT_LIMIT_S = 660  # the longest attempt (studies.spec.LLM_TIMEOUT_MAX_S, 600 s) + 60 s of reads and writes
+REPLY_HARD_LIMIT_S = 690
+REPLY_MAX_COUNTDOWN_S = 10  # a retry's countdown; a longer Retry-After waits through Turn.not_before
+LEASE_TTL_S = 10  # a turn's lease outlives its worker by at most this
+LEASE_RENEW_EVERY_S = 3  # the heartbeat: three renewals per TTL, so one late beat does not lose the lease
+TURN_SWEEP_EVERY_S = float(os.environ.get("TURN_SWEEP_EVERY_S", "5"))
+# A pending turn whose message was enqueued this long ago with no call started lost its message.
+TURN_SWEEP_STALE_S = int(os.environ.get("TURN_SWEEP_STALE_S", "45"))
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_IGNORE_RESULT = True
@@ -232,7 +251,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE = {
-    "turns-sweep": {"task": "explainers.tasks.turns_sweep_task", "schedule": float(os.environ.get("TURN_SWEEP_EVERY_S", "15"))},
+    "turns-sweep": {"task": "explainers.tasks.turns_sweep_task", "schedule": TURN_SWEEP_EVERY_S},
     # the study cost caps (docs/roles.md, "Budgets") and the retention of PID hashes
     "budgets-check": {"task": "participants.tasks.budgets_check_task", "schedule": 15.0},
     "pid-hashes-expire": {"task": "participants.tasks.pid_hashes_expire_task", "schedule": 24 * 60 * 60.0},

@@ -18,6 +18,7 @@ from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
 from studies.protocol import Protocol
+from studies.spec import llm_limits
 
 from .endpoints import Endpoint
 from .learner import (
@@ -25,14 +26,18 @@ from .learner import (
 )
 from .models import Conversation, LearnerModelSnapshot, LLMCall, PostTestPrediction, Turn
 from .policies import (
-    TAUGHT_ACTS, arm_material, check_item_next, check_question_text, conversation_end_complete, conversation_history,
-    fit_to_budget, latest_snapshot, learner_model_from_pretest, meeting_note_by_template, move_text, option_chosen,
-    predicted_answer, predictions_by_rules, previous_explainer_turn, snapshot_store, state_of_play,
+    CONTINUE_CUE, TAUGHT_ACTS, arm_material, case_rows, check_item_next, check_question_text,
+    conversation_end_complete, conversation_history, fit_prompt, latest_snapshot, learner_model_from_pretest,
+    meeting_note_by_template, move_text, option_chosen, option_letters, predicted_answer, predictions_by_rules,
+    previous_explainer_turn, snapshot_store, state_of_play,
 )
 from .providers import LLMRequest, LLMResult
 from .tools import TargetTools, target_tools, tool_exchange_messages
 
 UPDATE, REPLY, PREDICTION, NOTE = "learner_update", "reply", "posttest_prediction", "meeting_note"
+OPENING = "opening"  # the time limits of a reply call that writes the opening
+TOOL_CHOICES = ("auto", "required", "none")
+STRUCTURED = ("json_schema", "json_object", "instructions")  # strongest first
 TOOL_ROUNDS_MAX = 3           # rounds of tool calls before the model must write its reply
 STRUCTURED_MAX_TOKENS = 2000  # a whole learner model (or every post-test item) must fit in one answer
 OPENING_CUE = "(The participant has opened the chat. Begin the conversation.)"
@@ -62,8 +67,8 @@ ACT_INSTRUCTIONS = {
                "to say when they are ready, or to ask.",
     "example": "Show this concept on one concrete case: ask the model with a tool and report what it answers.",
     "analogy": "Make this concept vivid with one short everyday analogy, then relate it back to the model.",
-    "check": "Ask the check question exactly as written, with its options and their letters, and ask the "
-             "participant to answer with a letter. Do not hint at the answer.",
+    "check": "Ask the check question exactly as written, with its case (when it has one), its options and "
+             "their letters, and ask the participant to answer with a letter. Do not hint at the answer.",
     "correction": "The participant answered the last check question wrongly. Say so kindly, give the right "
                   "answer and why, in two or three sentences.",
     "summary": "Summarise how the model decides in a few short bullet points, one per concept, and tell the "
@@ -104,6 +109,10 @@ class Plan:
     tool_record: list = field(default_factory=list)
     tools: TargetTools | None = None
     final_round: bool = True
+    expect_tool: bool = False                   # an `auto` round that should call a tool: none is a fallback cue
+    continuing: str = ""                        # the cut-off text this reply continues
+    strategy: dict = field(default_factory=dict)  # tool_choice, structured_output, fallback_reason (LLMCall)
+    trimmed: dict | None = None                 # what was left out to fit the context window (LLMCall)
 
 
 def agentic_options(arm: dict) -> tuple[bool, object]:
@@ -128,10 +137,45 @@ def _structured_params(llm: dict) -> dict:
     return {**llm["params"], "max_tokens": max(int(llm["params"].get("max_tokens") or 0), STRUCTURED_MAX_TOKENS)}
 
 
-def _request(endpoint: Endpoint, llm: dict, messages: list[dict], **kwargs) -> LLMRequest:
+def _request(endpoint: Endpoint, llm: dict, messages: list[dict], kind: str, **kwargs) -> LLMRequest:
     kwargs.setdefault("params", dict(llm["params"]))
     return LLMRequest(provider=endpoint.provider, model=llm["model"], messages=messages, base_url=endpoint.base_url,
-                      timeout_s=float(llm["timeout_s"]), **kwargs)
+                      **llm_limits(llm=llm, kind=kind), **kwargs)
+
+
+def endpoint_strategy(*, version, arm: dict) -> tuple[str, str, str]:
+    """Return (tool_choice, structured_output, where they come from) for an agentic arm.
+
+    The study file's `llm.tool_choice` / `llm.structured_output` win; else the recommendation of the
+    endpoint probe stored on the version (`llm_check`); else `auto` and `json_schema`.
+    """
+    llm = arm["llm"]
+    report = ((getattr(version, "llm_report", None) or {}).get("arms") or {}).get(arm["id"]) or {}
+    recommended = {}  # only what the probe really found out (a probe that timed out knows nothing)
+    if report.get("tools_auto") is not None or report.get("tools_required") is not None:
+        recommended["tool_choice"] = (report.get("recommended") or {}).get("tool_choice")
+    if report.get("json_schema") is not None or report.get("json_object") is not None:
+        recommended["structured_output"] = (report.get("recommended") or {}).get("structured_output")
+    tool_choice = llm.get("tool_choice") or recommended.get("tool_choice") or "auto"
+    structured = llm.get("structured_output") or recommended.get("structured_output") or "json_schema"
+    if llm.get("tool_choice") and llm.get("structured_output"):
+        source = "study file"
+    elif recommended:
+        source = "study file and endpoint probe" if (llm.get("tool_choice") or llm.get("structured_output")) else "endpoint probe"
+    else:
+        source = "study file and defaults" if (llm.get("tool_choice") or llm.get("structured_output")) else "defaults"
+    return tool_choice, structured, source
+
+
+def _weaker(structured: str) -> str | None:
+    index = STRUCTURED.index(structured)
+    return STRUCTURED[index + 1] if index + 1 < len(STRUCTURED) else None
+
+
+def _choice_param(provider: str, choice: str):
+    if provider == "anthropic":
+        return {"none": {"type": "none"}, "required": {"type": "any"}}.get(choice, {"type": "auto"})
+    return choice
 
 
 # --------------------------------------------------------------------------- the start
@@ -218,8 +262,9 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
     lang = conversation.language
     llm = arm["llm"]
     proactive, mode = agentic_options(arm)
+    tool_choice, structured, source = endpoint_strategy(version=conversation.version, arm=arm)
     concepts = [c["id"] for c in protocol.spec["concepts"]]
-    calls = list(turn.llm_calls.order_by("id").values("purpose", "status", "response", "error_kind"))
+    calls = list(turn.llm_calls.order_by("id").values("purpose", "status", "response", "error_kind", "structured_output"))
     opening = turn.author == Turn.Author.EXPLAINER
     question = None if opening else previous_explainer_turn(conversation, turn)
     item = protocol.items[question.check_item] if question is not None and question.check_item else None
@@ -229,13 +274,19 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
     state, snapshot = (own.state if own else None), None
     if not opening and mode in (True, "mismatched"):
         updates = [c for c in calls if c["purpose"] == UPDATE]
-        if not updates:  # one attempt only: a failure falls back to the rules rather than keep the participant waiting
-            return Plan(UPDATE, _update_request(turn, question, item, chosen, graded, own.state, protocol, lang,
-                                                llm, endpoint))
-        state, source = _updated(own.state, updates[-1], concepts, question, item, graded)
-        snapshot = (state, source)
+        if not updates:  # one attempt (and at most one repair): a failure falls back to the rules
+            return _update_plan(turn, question, item, chosen, graded, own.state, protocol, lang, llm, endpoint,
+                                structured, f"{structured} ({source})")
+        parsed, reason = _valid_update(updates[-1], concepts)
+        repair = _repair_strategy(updates, parsed is None)
+        if repair is not None:
+            return _update_plan(turn, question, item, chosen, graded, own.state, protocol, lang, llm, endpoint,
+                                repair, f"repair after an unusable answer ({reason})"[:300],
+                                repair_of=(updates[-1]["response"] or {}).get("text") or "", problem=reason)
+        state, source_ = _updated(own.state, updates[-1], concepts, question, item, graded)
+        snapshot = (state, source_)
     policy_state = _policy_state(conversation, mode, state, own.index + 1 if own and snapshot else 0, concepts)
-    tools = target_tools(conversation=conversation)
+    tools = target_tools(conversation=conversation) if tool_choice != "none" else None
     move, check_item = None, ""
     if proactive:
         left, explained, asked = state_of_play(conversation)
@@ -252,7 +303,9 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
     if snapshot is not None:
         snapshot = ({**snapshot[0], "next_goal": {"concept": move["concept"], "act": move["act"]}} if move
                     else snapshot[0], snapshot[1])
-    rounds = [c for c in calls if c["purpose"] == REPLY and c["status"] == LLMCall.Status.OK]
+    done = [c for c in calls if c["purpose"] == REPLY and c["status"] == LLMCall.Status.OK]
+    missed = any((c["response"] or {}).get("auto_missed") for c in done)
+    rounds = [c for c in done if not (c["response"] or {}).get("auto_missed")]
     exchange, record, earlier = [], [], []
     for c in rounds:
         response = c["response"] or {}
@@ -260,26 +313,69 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
         exchange += tool_exchange_messages(endpoint.provider, response.get("text") or "", results,
                                            [r["result"] for r in results])
         record += results
-        if (response.get("text") or "").strip():
+        if (response.get("text") or "").strip() and response.get("shown", True):
             earlier.append(response["text"].strip())
-    final_round = tools is None or len(rounds) >= TOOL_ROUNDS_MAX
+    # Which round this is: a tool the policy needs (an example asks the target), an optional tool round
+    # (`auto`), or the reply itself. A server that ignores `auto` gets a `required` round instead.
+    continuing = turn.shown_text if turn.status == Turn.Status.PENDING else ""
+    needs_tool = (tools is not None and move is not None and move["act"] == "example"
+                  and not any((c["response"] or {}).get("tool_results") for c in rounds))
+    choice_now, fallback = "none", ""
+    if continuing or tools is None or len(rounds) >= TOOL_ROUNDS_MAX:
+        final_round = True
+    elif needs_tool:
+        final_round = False
+        choice_now = "required" if tool_choice == "required" or missed else "auto"
+        if missed and tool_choice != "required":
+            fallback = "tool_choice auto gave no tool call for an example: asked again with required"
+    elif tool_choice == "auto":
+        final_round = False
+        choice_now = "auto"
+    else:
+        final_round = True
     model_shown = None if mode is False else policy_state
-    system = _reply_system(conversation, protocol, arm, lang, model_shown, move, check_item, graded, tools, proactive)
     history = conversation_history(conversation=conversation, upto=turn)
-    messages = fit_to_budget([{"role": "system", "content": system}], history, llm, extra=exchange)
+    if continuing:
+        exchange += [{"role": "assistant", "content": continuing}, {"role": "user", "content": CONTINUE_CUE}]
+        earlier = []  # the text continued already holds what earlier rounds wrote
+
+    def build_system(material: str) -> str:
+        return _reply_system(protocol, arm, lang, material, model_shown, move, check_item, graded, tools, proactive)
+
+    messages, trimmed = fit_prompt(build_system=build_system, material=arm_material(conversation=conversation),
+                                   history=history, llm=llm, extra=exchange)
     if len(messages) == 1 or messages[1]["role"] != "user":
         messages.insert(1, {"role": "user", "content": OPENING_CUE})  # the explainer speaks first
     params = dict(llm["params"])
-    if tools is not None and final_round:
-        params["tool_choice"] = {"type": "none"} if endpoint.provider == "anthropic" else "none"
-    request = _request(endpoint, llm, messages + exchange, params=params,
-                       tools=tools.definitions() if tools is not None else None)
-    return Plan(REPLY, request, streams=True, move=move, check_item=check_item, snapshot=snapshot,
-                graded=(question.pk, graded) if graded is not None else None, earlier_text="\n\n".join(earlier),
-                tool_record=record, tools=tools, final_round=final_round)
+    send_tools = tools is not None and (not final_round or bool(record))  # tool messages need their tools
+    if send_tools:
+        params["tool_choice"] = _choice_param(endpoint.provider, choice_now)
+    request = _request(endpoint, llm, messages + exchange, OPENING if opening else REPLY, params=params,
+                       tools=tools.definitions() if send_tools else None)
+    return Plan(REPLY, request, streams=choice_now != "required", move=move, check_item=check_item,
+                snapshot=snapshot, graded=(question.pk, graded) if graded is not None else None,
+                earlier_text="\n\n".join(earlier), tool_record=record, tools=tools, final_round=final_round,
+                expect_tool=needs_tool and choice_now == "auto", continuing=continuing, trimmed=trimmed,
+                strategy={"tool_choice": choice_now if send_tools else "", "fallback_reason": fallback})
 
 
-def _update_request(turn, question, item, chosen, graded, state, protocol, lang, llm, endpoint) -> LLMRequest:
+def _repair_strategy(updates: list[dict], unusable: bool) -> str | None:
+    """The output format of the one repair of a learner-model update, or None (use it, or fall back to rules).
+
+    A server that refused the format (400) is asked again with the next weaker one; an answer that came
+    back but could not be used is asked again once when the format was not enforced by a schema.
+    """
+    if len(updates) != 1 or not unusable:
+        return None
+    first = updates[0]
+    sent = first["structured_output"] or "json_schema"
+    if first["status"] == LLMCall.Status.ERROR:
+        return _weaker(sent) if first["error_kind"] == "bad_request" else None
+    return sent if sent != "json_schema" else None
+
+
+def _update_plan(turn, question, item, chosen, graded, state, protocol, lang, llm, endpoint, structured: str,
+                 why: str, repair_of: str | None = None, problem: str = "") -> Plan:
     evidence = {
         "explainer_act": question.act or None if question else None,
         "concept": question.concept or None if question else None,
@@ -297,19 +393,28 @@ def _update_request(turn, question, item, chosen, graded, state, protocol, lang,
     said = question.text if question is not None else "(nothing yet)"
     messages = [{"role": "system", "content": system},
                 {"role": "user", "content": f"Explainer: {said}\n\nParticipant: {turn.text}"}]
+    if repair_of is not None:
+        messages += [{"role": "assistant", "content": repair_of or "(no answer)"},
+                     {"role": "user", "content": f"That answer could not be used: {problem}. Return the whole "
+                                                 "learner model again as one JSON object that follows the schema."}]
     concepts = [c["id"] for c in protocol.spec["concepts"]]
-    return _request(endpoint, llm, messages, params=_structured_params(llm),
-                    response_schema={"name": "learner_model", "schema": update_schema(concepts)})
+    request = _request(endpoint, llm, messages, UPDATE, params=_structured_params(llm), structured=structured,
+                       response_schema={"name": "learner_model", "schema": update_schema(concepts)})
+    fallback = why if repair_of is not None or structured != "json_schema" else ""
+    return Plan(UPDATE, request, strategy={"structured_output": structured, "fallback_reason": fallback[:300]})
 
 
-def _reply_system(conversation, protocol, arm, lang, state, move, check_item, graded, tools, proactive) -> str:
-    """The reply's system prompt: the arm's instructions, the material, the concepts, then (by the arm's
-    options) the learner model, the next move and the tools."""
+def _reply_system(protocol, arm, lang, material, state, move, check_item, graded, tools, proactive) -> str:
+    """The reply's system prompt. What stays the same for the whole conversation comes first (the arm's
+    instructions, the material, the concepts, the tools, the language) so that servers' prefix caches
+    hold it; what changes every turn (the learner model, the next move) comes last."""
     parts = [protocol.text(arm.get("system_prompt"), lang), ROLE_PROACTIVE if proactive else ROLE_ANSWER_ONLY]
-    material = arm_material(conversation=conversation)
     if material:
         parts.append(f"<material>\n{material}\n</material>")
     parts.append(f"<concepts>\n{_concepts_json(protocol, lang)}\n</concepts>")
+    if tools is not None:
+        parts.append(f"<tools>\n{TOOLS_NOTE}\n</tools>")
+    parts.append(f"Write in {LANGUAGE_NAMES.get(lang, lang)}.")
     if state is not None:
         parts.append(f"<learner_model>\n{_model_json(state)}\n</learner_model>\n{MODEL_NOTE}")
     if move is not None:
@@ -323,13 +428,13 @@ def _reply_system(conversation, protocol, arm, lang, state, move, check_item, gr
         if check_item:
             item = protocol.items[check_item]
             info["question"] = protocol.text(item["prompt"], lang)
-            info["options"] = [{"id": o["id"], "text": protocol.text(o["text"], lang)} for o in item["options"]]
+            rows = case_rows(protocol, item, lang)
+            if rows:
+                info["case"] = {label: value for label, value in rows}
+            info["options"] = [{"id": letter, "text": protocol.text(o["text"], lang)} for letter, o in option_letters(item)]
             if move.get("again"):
                 info["again"] = "their last message did not pick an option: answer it briefly, then ask again"
         parts.append(f"<next_move>\n{json.dumps(info, ensure_ascii=False)}\n</next_move>\n{ACT_INSTRUCTIONS[move['act']]}")
-    if tools is not None:
-        parts.append(f"<tools>\n{TOOLS_NOTE}\n</tools>")
-    parts.append(f"Write in {LANGUAGE_NAMES.get(lang, lang)}.")
     return "\n\n".join(p.strip() for p in parts if p)
 
 
@@ -440,16 +545,21 @@ def wrapup_plan(*, conversation: Conversation, arm: dict, endpoint: Endpoint, do
             "items": {"type": "object", "properties": {i: entry for i in item_ids}, "required": item_ids,
                       "additionalProperties": False}}}
         messages = [{"role": "system", "content": system}, {"role": "user", "content": "Give the predictions now."}]
-        return Plan(PREDICTION, _request(endpoint, llm, messages, params=_structured_params(llm),
-                                         response_schema={"name": "posttest_predictions", "schema": schema}))
+        _choice, structured, source = endpoint_strategy(version=conversation.version, arm=arm)
+        return Plan(PREDICTION, _request(endpoint, llm, messages, PREDICTION, params=_structured_params(llm),
+                                         structured=structured,
+                                         response_schema={"name": "posttest_predictions", "schema": schema}),
+                    strategy={"structured_output": structured,
+                              "fallback_reason": "" if structured == "json_schema" else f"{structured} ({source})"})
     if NOTE not in done:
-        system = "\n\n".join(p for p in [NOTE_TASK, concepts, model, "<meeting_note_request/>",
-                                         f"Write in {LANGUAGE_NAMES.get(lang, lang)}."] if p)
+        system = "\n\n".join(p for p in [NOTE_TASK, concepts, f"Write in {LANGUAGE_NAMES.get(lang, lang)}.",
+                                         "<meeting_note_request/>", model] if p)
         last = conversation.turns.order_by("-id").first()
         history = conversation_history(conversation=conversation, upto=last) if last else []
         cue = {"role": "user", "content": "Write the note now."}
-        messages = fit_to_budget([{"role": "system", "content": system}], history, llm, extra=[cue]) + [cue]
-        return Plan(NOTE, _request(endpoint, llm, messages))
+        messages, trimmed = fit_prompt(build_system=lambda _material: system, material="", history=history,
+                                       llm=llm, extra=[cue])
+        return Plan(NOTE, _request(endpoint, llm, messages + [cue], NOTE), trimmed=trimmed)
     return None
 
 

@@ -14,7 +14,12 @@ the control API under ``/_control/``:
 - ``POST /_control/behaviour``: the default behaviour for every request from now on, e.g.
   ``{"ttft_s": 0, "chunk_delay_s": 0, "latency_s": 0, "reply": null, "tool_calls": null,
   "json": null, "failure_rate": 0.0, "failures": ["429","500","529","hang","drop"],
-  "retry_after_s": 1, "seed": 1, "usage": true, "model": null, "ignore_tools": false}``.
+  "retry_after_s": 1, "seed": 1, "usage": true, "model": null, "ignore_tools": false}``;
+  ``"pause_s"`` adds one silence of that length in the middle of a streamed reply.
+- Endpoint shapes for `explainers.probe`: ``"ignore_json_object": true`` answers prose to a
+  ``json_object`` request (a server that does not enforce it); ``"context_window": N`` answers the
+  context-length 400 to a prompt of more than N (estimated) tokens, and with ``"report_context": true``
+  lists N as each model's ``max_model_len`` in ``GET /v1/models`` (as vLLM does).
 - ``POST /_control/queue``: a list of one-shot behaviours consumed in order by the next requests,
   e.g. ``[{"fail": "429", "retry_after_s": 2}, {"fail": "hang"}, {"reply": "exact text"}]``.
 - ``POST /_control/match``: ``{"contains": "...", "behaviour": {...}, "times": N}``: a behaviour
@@ -38,7 +43,8 @@ Failures (``"fail"`` in a one-shot, or drawn from ``failures`` with ``failure_ra
 (stream part, then end the body cleanly without a finish / [DONE] / message_stop), ``"no_done"``
 (the whole reply and its finish, but no ``[DONE]`` / message_stop),
 ``"trickle"`` (send keep-alive comments forever, never a token), ``"stream_error"`` (an error
-event in the middle of the stream).
+event in the middle of the stream), ``"stall"`` (stream part, then fall silent with the connection
+open until the client goes away).
 """
 from __future__ import annotations
 
@@ -285,9 +291,10 @@ def _scripted_move(move: dict, results: list, concepts: list, asked: str) -> str
         lines = "\n".join(f"- **{c.get('label')}**: {c.get('description')}" for c in concepts)
         return prefix + "That covers the model. In short:\n\n" + lines + "\n\nYou can continue when you are ready."
     if act == "check":
+        case = "".join(f"- {name}: **{value}**\n" for name, value in (move.get("case") or {}).items())
         options = "\n".join(f"- **{o['id']}**: {o['text']}" for o in move.get("options") or [])
-        return (prefix + f"A quick check on **{label}**.\n\n{move.get('question', '')}\n\n{options}\n\n"
-                "Answer with the letter of your choice.")
+        return (prefix + f"A quick check on **{label}**.\n\n{move.get('question', '')}\n\n"
+                + (f"{case}\n" if case else "") + f"{options}\n\nAnswer with the letter of your choice.")
     if act == "correction":
         return prefix + f"Not quite. Remember **{label}**: {description}" + GO_ON
     if act == "example":
@@ -422,6 +429,8 @@ class FakeLLMApp:
             return
         if method == "GET" and path in ("/v1/models", "/models"):
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "fakellm"} for m in MODELS]
+            if self.behaviour.get("report_context") and self.behaviour.get("context_window"):
+                data = [{**entry, "max_model_len": int(self.behaviour["context_window"])} for entry in data]
             await self._json(send, 200, {"object": "list", "data": data})
             return
         if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
@@ -605,7 +614,7 @@ class _Call:
             if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
                 schema = (fmt.get("json_schema") or {}).get("schema") or {}
                 text = json.dumps(b["json"] if b.get("json") is not None else schema_instance(schema))
-            elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+            elif isinstance(fmt, dict) and fmt.get("type") == "json_object" and not b.get("ignore_json_object"):
                 text = json.dumps(b["json"] if b.get("json") is not None else {})
             elif forced and tools and b.get("ignore_tools"):
                 # a local server that ignored the forced tool and wrote the JSON in the text
@@ -628,13 +637,17 @@ class _Call:
             self.record["outcome"] = "hang"
             await self.watcher.event.wait()
             return
-        if fail and fail not in ("drop", "truncate", "trickle", "stream_error", "no_done"):
+        if fail and fail not in ("drop", "truncate", "trickle", "stream_error", "no_done", "stall"):
             await self._error(fail)
+            return
+        window = self.b.get("context_window")
+        if window and estimate_tokens(self.body) > int(window):
+            await self._error("context")
             return
         text, calls = self._plan()
         self.record["outcome"] = fail or "ok"
         if not self.stream:
-            if fail in ("drop", "trickle", "stream_error", "truncate", "no_done"):
+            if fail in ("drop", "trickle", "stream_error", "truncate", "no_done", "stall"):
                 # nothing sensible to cut in a non-streamed body: answer 500 for these
                 await self._error("500")
                 return
@@ -768,9 +781,13 @@ class _Call:
         per_chunk = float(self.b.get("chunk_delay_s") or 0)
         spread = max(0.0, latency - ttft) / content_count if latency else 0.0
         cut = None
-        if fail in ("drop", "truncate", "stream_error"):
+        if fail in ("drop", "truncate", "stream_error", "stall"):
             content_idx = [i for i, (is_content, _) in enumerate(events) if is_content]
             cut = content_idx[len(content_idx) // 2] if content_idx else 1
+        # pause_s: one silence of that length in the middle of the content (a model that stops to think)
+        pause = float(self.b.get("pause_s") or 0)
+        content_at = [i for i, (is_content, _) in enumerate(events) if is_content]
+        pause_at = content_at[len(content_at) // 2] if pause and content_at else None
         first = True
         for index, (is_content, data) in enumerate(events):
             if self.watcher.gone:
@@ -781,7 +798,7 @@ class _Call:
             if fail == "trickle" and is_content:
                 break
             if is_content:
-                await self._sleep((ttft if first else 0) + per_chunk)
+                await self._sleep((ttft if first else 0) + per_chunk + (pause if index == pause_at else 0))
                 first = False
             await self.send({"type": "http.response.body", "body": data, "more_body": True})
             if is_content:
@@ -793,6 +810,10 @@ class _Call:
                 await self.send({"type": "http.response.body", "body": comment, "more_body": True})
                 await self._sleep(interval)
             self.record["outcome"] = "trickle"
+            return
+        if fail == "stall":
+            self.record["outcome"] = "stall"
+            await self.watcher.event.wait()  # silent, the connection open, until the client gives up
             return
         if fail == "drop":
             return  # uvicorn closes the connection: the chunked body never completes

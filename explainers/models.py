@@ -76,6 +76,9 @@ class Turn(models.Model):
     first_token_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     error_kind = models.CharField(max_length=32, blank=True)
+    shown_text = models.TextField(
+        blank=True, help_text="a reply cut off mid-stream: the text the participant saw before it stopped",
+    )
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -92,6 +95,11 @@ class Turn(models.Model):
 
     def __str__(self) -> str:
         return f"{self.author} turn {self.pk}"
+
+    @property
+    def cut_off(self) -> bool:
+        """The reply to this turn failed after some of its text had been shown."""
+        return self.status == self.Status.FAILED and bool(self.shown_text)
 
 
 class LLMCall(models.Model):
@@ -121,8 +129,20 @@ class LLMCall(models.Model):
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
-    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    cost_usd = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="empty when the arm's model has no price",
+    )
     version_sha256 = models.CharField(max_length=64)
+    tool_choice = models.CharField(max_length=16, blank=True, help_text="the tool choice sent: auto, required, none")
+    structured_output = models.CharField(
+        max_length=16, blank=True, help_text="how structured output was asked for: json_schema, json_object, instructions",
+    )
+    fallback_reason = models.CharField(
+        max_length=300, blank=True, help_text="why this call used a fallback (a required tool round, a weaker output format)",
+    )
+    trimmed = models.JSONField(
+        null=True, blank=True, help_text="what was left out to fit the context window: turns, material characters",
+    )
 
     class Meta:
         ordering = ["started_at", "id"]

@@ -21,6 +21,8 @@ from .models import Conversation, LearnerModelSnapshot, PostTestPrediction, Turn
 from .providers import estimate_tokens
 
 REPLY_RESERVE_TOKENS = 1024
+# The cue that asks for the rest of a reply that was cut off, after the cut-off text as the model's own turn.
+CONTINUE_CUE = "(Your last message was cut off after the text above. Continue it exactly where it stops, without repeating any of it.)"
 TAUGHT_ACTS = ("explain", "example", "analogy", "correction")  # acts after which the learner may have learned
 
 
@@ -48,29 +50,59 @@ def conversation_history(*, conversation: Conversation, upto: Turn) -> list[dict
     return history
 
 
-def fit_to_budget(system_messages: list[dict], history: list[dict], llm: dict, extra: list[dict] = ()) -> list[dict]:
-    """Leave out the oldest turns until the prompt fits the arm's context budget; never the system prompt."""
+def _material_cut(material: str, over_tokens: int) -> str:
+    """Shorten the material by about `over_tokens`, at a paragraph boundary, and say it was shortened."""
+    keep = max(0, len(material) - over_tokens * 4 - 200)
+    cut = material[:keep]
+    if "\n\n" in cut:
+        cut = cut.rsplit("\n\n", 1)[0]
+    return f"{cut}\n\n[…]" if cut else ""
+
+
+def fit_prompt(*, build_system, material: str, history: list[dict], llm: dict,
+               extra: list[dict] = ()) -> tuple[list[dict], dict]:
+    """Fit a prompt into the arm's context window; return (messages, what was trimmed).
+
+    The rule (docs/chat.md, "Prompt size"): the window is `context_tokens` less the reply's reserve
+    (`max_tokens`, else 1,024). The oldest turns go first, down to the last message; if the prompt is
+    still too long, the material is shortened from its end. The system prompt's instructions never are.
+    `build_system(material)` returns the system prompt's text for a given material.
+    """
     budget = llm["context_tokens"] - int(llm["params"].get("max_tokens") or REPLY_RESERVE_TOKENS)
     history = list(history)
-    while len(history) > 1 and estimate_tokens(system_messages + history + list(extra)) > budget:
+    system = build_system(material)
+    dropped = 0
+    def messages(text):
+        return ([{"role": "system", "content": text}] if text else []) + history
+    while len(history) > 1 and estimate_tokens(messages(system) + list(extra)) > budget:
         history.pop(0)
-    return system_messages + history
+        dropped += 1
+    over = estimate_tokens(messages(system) + list(extra)) - budget
+    material_cut = 0
+    if over > 0 and material:
+        shorter = _material_cut(material, over)
+        material_cut = len(material) - len(shorter)
+        system = build_system(shorter)
+    out = messages(system)
+    return out, {"budget_tokens": budget, "estimated_tokens": estimate_tokens(out + list(extra)),
+                 "turns_dropped": dropped, "material_chars_dropped": material_cut}
 
 
-def chat_messages(*, conversation: Conversation, upto: Turn) -> list[dict]:
+def chat_messages(*, conversation: Conversation, upto: Turn) -> tuple[list[dict], dict]:
     """Build the `chat` arm's prompt: system prompt and material, then the conversation up to `upto`.
 
-    The oldest turns are left out to keep within the arm's context budget; the system prompt never is.
-    No participant identifier is in any message.
+    Return (messages, what was trimmed to fit the context window, see `fit_prompt`). No participant
+    identifier is in any message.
     """
     protocol = Protocol(conversation.version.spec)
     arm = protocol.arms[conversation.arm]
-    system = protocol.text(arm.get("system_prompt"), conversation.language)
-    material = arm_material(conversation=conversation)
-    if material:
-        system = f"{system}\n\n---\n\n{material}" if system else material
-    system_messages = [{"role": "system", "content": system}] if system else []
-    return fit_to_budget(system_messages, conversation_history(conversation=conversation, upto=upto), arm["llm"])
+    instructions = protocol.text(arm.get("system_prompt"), conversation.language)
+
+    def build_system(material: str) -> str:
+        return "\n\n---\n\n".join(p for p in (instructions, material) if p)
+
+    return fit_prompt(build_system=build_system, material=arm_material(conversation=conversation),
+                      history=conversation_history(conversation=conversation, upto=upto), llm=arm["llm"])
 
 
 # --------------------------------------------------------------------------- the learner-model policy
@@ -122,20 +154,42 @@ def _text(protocol: Protocol, value, lang: str) -> str:
     return protocol.text(value, lang) if value else ""
 
 
+def option_letters(item: dict) -> list[tuple[str, dict]]:
+    """(letter, option) pairs as the participant reads a check question: the option ids when they are
+    single letters, else A, B, C … in order."""
+    options = item["options"]
+    if all(len(o["id"]) == 1 and o["id"].isalpha() for o in options):
+        return [(o["id"].upper(), o) for o in options]
+    return [(chr(ord("A") + i), o) for i, o in enumerate(options)]
+
+
 def option_chosen(text: str, item: dict, protocol: Protocol, lang: str) -> str | None:
-    """The option a participant's message picks (by id or by its text), or None."""
-    answer = re.sub(r"[\s).。:：]+$", "", text.strip()).strip().casefold()
-    for option in item["options"]:
-        if answer in (option["id"].casefold(), _text(protocol, option["text"], lang).casefold()):
+    """The option a participant's message picks (by its letter, its id or its text), or None."""
+    answer = re.sub(r"[\s).。:：]+$", "", text.strip()).strip()
+    answer = re.sub(r"^[(（]", "", answer).strip().casefold()
+    for letter, option in option_letters(item):
+        if answer in (letter.casefold(), option["id"].casefold(), _text(protocol, option["text"], lang).casefold()):
             return option["id"]
     return None
 
 
+def case_rows(protocol: Protocol, item: dict, lang: str) -> list[tuple[str, object]]:
+    """A `predict` item's input as (feature label, value) rows, as the item's page shows it."""
+    labels = (protocol.spec.get("target") or {}).get("feature_labels") or {}
+    return [(_text(protocol, labels.get(name), lang) or name, value) for name, value in (item.get("input") or {}).items()]
+
+
 def check_question_text(protocol: Protocol, item_id: str, lang: str) -> str:
-    """The question and its options, as the participant reads them. Call with the language active."""
+    """The question (with its case, for a `predict` item) and its lettered options, as the participant reads
+    them. Call with the language active."""
     item = protocol.items[item_id]
-    options = "\n".join(f"- **{o['id']}**: {_text(protocol, o['text'], lang)}" for o in item["options"])
-    return f"{_text(protocol, item['prompt'], lang)}\n\n{options}\n\n" + _("Answer with the letter of your choice.")
+    parts = [_text(protocol, item["prompt"], lang)]
+    rows = case_rows(protocol, item, lang)
+    if rows:
+        parts.append("\n".join(f"- {label}: **{value}**" for label, value in rows))
+    parts.append("\n".join(f"- **{letter}**: {_text(protocol, o['text'], lang)}" for letter, o in option_letters(item)))
+    parts.append(_("Answer with the letter of your choice."))
+    return "\n\n".join(parts)
 
 
 def move_text(conversation: Conversation, move: dict, check_item: str = "") -> str:

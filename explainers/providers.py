@@ -13,8 +13,15 @@ read at call time.
 
 Requests are built, authenticated and sent by the SDKs (``with_streaming_response.create(stream=True)``),
 which also map error statuses to exceptions; the server-sent events are parsed here from the raw
-body, which checks the deadline on every network chunk and is ~10x cheaper than the SDKs' typed
+body, which checks the limits on every network chunk and is ~10x cheaper than the SDKs' typed
 chunk objects.
+
+Three limits bound an attempt (``LLMRequest.ttft_s``, ``idle_s``, ``timeout_s``): the first token, the
+silence between two chunks once the first token came, and the total. A read timeout is not a
+deadline (it restarts on every byte) and a check on each chunk never runs while the socket is silent,
+so one watchdog thread per process looks at every call in flight every ``WATCHDOG_TICK_S`` and shuts
+the socket of a call that passed a limit; its blocked read returns at once. Before the response
+headers there is no socket to shut: that phase is bounded by the read timeout, min(ttft, total).
 
 Note: the SDK versions installed here (openai 3.x, anthropic 2.x) are built on ``httpx2``, not
 ``httpx``; their ``http_client`` must be an ``httpx2.Client`` (anthropic refuses an
@@ -25,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +47,19 @@ PROVIDERS = ("openai", "anthropic")
 ANTHROPIC_DEFAULT_MAX_TOKENS = 1024
 NO_KEY = "not-needed"
 POOL_LIMITS = dict(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0)
+
+# How `LLMRequest.response_schema` is asked for: the server enforces the schema (json_schema), or only
+# JSON (json_object), or nothing (instructions). The reply is parsed from the text in every case.
+STRUCTURED_MODES = ("json_schema", "json_object", "instructions")
+# The schema as an instruction, appended to the first system message, where the server does not enforce it.
+SCHEMA_INSTRUCTION = (
+    "Answer with one JSON object and nothing else: no prose, no code fence. "
+    "It must validate against this JSON Schema (named {name}):\n{schema}"
+)
+LIMITS = ("ttft", "idle", "total")  # ProviderError.limit of a timeout
+WATCHDOG_TICK_S = 0.1  # how often the watchdog looks at the calls in flight: a limit is cut within ~0.1 s
+# After the response headers the watchdog bounds the body; the read timeout is only a backstop behind it.
+BACKSTOP_S = 2.0
 
 RETRYABLE_KINDS = frozenset({"timeout", "rate_limit", "server", "overloaded", "dropped", "connection"})
 FINAL_KINDS = frozenset({"bad_request", "context_overflow", "spend_cap", "auth"})
@@ -83,7 +104,10 @@ class LLMRequest:
     tools: list[dict] | None = None  # [{"name", "description", "parameters": <JSON schema>}]
     response_schema: dict | None = None  # {"name": str, "schema": <JSON schema>}
     base_url: str | None = None  # None: LLM_BASE_URL / ANTHROPIC_BASE_URL at call time, else the SDK default
-    timeout_s: float = 60.0  # total budget for one attempt (connect + whole stream); also the stall timeout
+    timeout_s: float = 60.0  # total limit of one attempt (connect + whole stream)
+    ttft_s: float | None = None  # limit to the first token (text or tool-call delta); None: the total
+    idle_s: float | None = None  # limit on a silence between two chunks after the first token; None: none
+    structured: str = "json_schema"  # how response_schema is asked for: one of STRUCTURED_MODES
 
 
 @dataclass
@@ -101,7 +125,10 @@ class LLMResult:
 
 
 class ProviderError(Exception):
-    """One failed attempt. `retryable` tells the caller whether another attempt may succeed."""
+    """One failed attempt. `retryable` tells the caller whether another attempt may succeed.
+
+    A timeout carries `limit`, the one that fired: "ttft", "idle" or "total" (LIMITS).
+    """
 
     def __init__(
         self,
@@ -115,6 +142,7 @@ class ProviderError(Exception):
         latency_ms: int | None = None,
         retryable: bool | None = None,
         body: Any = None,
+        limit: str | None = None,
     ):
         super().__init__(f"{kind}: {message}" if message else kind)
         self.kind = kind
@@ -126,6 +154,7 @@ class ProviderError(Exception):
         self.ttft_ms = ttft_ms
         self.latency_ms = latency_ms
         self.body = body
+        self.limit = limit
 
     def as_dict(self) -> dict:
         return {
@@ -137,6 +166,7 @@ class ProviderError(Exception):
             "partial_text": self.partial_text,
             "ttft_ms": self.ttft_ms,
             "latency_ms": self.latency_ms,
+            "limit": self.limit,
         }
 
 
@@ -158,17 +188,19 @@ def estimate_tokens(messages) -> int:
 
 
 class _DeadlineExceeded(Exception):
-    pass
+    def __init__(self, limit: str):
+        super().__init__(limit)
+        self.limit = limit
 
 
 def _sse(response, progress) -> Iterator[tuple[str | None, str]]:
-    """Yield (event, data) from a server-sent-events body, checking the attempt's deadline on
+    """Yield (event, data) from a server-sent-events body, checking the attempt's limits on
     every network chunk (so a server that trickles keep-alives forever still times out)."""
     buffer = b""
     event: str | None = None
     data: list[str] = []
     for chunk in response.iter_bytes():
-        progress.check()
+        progress.chunk()
         buffer += chunk
         while True:
             cut = buffer.find(b"\n")
@@ -310,7 +342,7 @@ def _map_exception(exc: BaseException, started: bool) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, _DeadlineExceeded):
-        return ProviderError("timeout", "the attempt ran past its total time budget")
+        return ProviderError("timeout", f"passed its {exc.limit} limit", limit=exc.limit)
     if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError, httpx2.TimeoutException)):
         return ProviderError("timeout", "no data from the provider within the timeout")
     if isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError)):
@@ -379,35 +411,119 @@ def _tool_call(call_id, name, raw_args) -> dict:
 
 
 class _Progress:
-    """What one attempt has seen so far (for the result, or for the error's partial_text)."""
+    """What one attempt has seen so far (for the result, or for the error's partial_text), and its limits.
+
+    The calling thread reports every network chunk and token; the watchdog thread reads the times
+    and, once a limit has passed, shuts the socket (`cut_off`). Both sides take `_lock` around the
+    socket so that it is never shut after the call has handed its connection back to the pool.
+    """
 
     def __init__(self, request: LLMRequest, on_delta):
         self.request = request
         self.on_delta = on_delta
         self.t0 = time.monotonic()
-        self.deadline = self.t0 + float(request.timeout_s)
+        self.total_s = max(0.05, float(request.timeout_s))
+        self.ttft_s = self.total_s if request.ttft_s is None else min(self.total_s, max(0.05, float(request.ttft_s)))
+        self.idle_s = None if request.idle_s is None else max(0.05, float(request.idle_s))
         self.parts: list[str] = []
         self.first_text: float | None = None
         self.first_event: float | None = None
+        self.first_token: float | None = None  # a text or tool-call delta: the TTFT limit is met
+        self.last_chunk = self.t0
         self.started = False
+        self.cut: tuple[str, float] | None = None  # (limit, seconds since the start) once the watchdog fired
+        self._stream = None  # the connection's network stream while the body is read
+        self._lock = threading.Lock()
+
+    def overdue(self, now: float) -> str | None:
+        """Return the limit this attempt has passed at `now` (the earliest one), or None."""
+        fired = []
+        if self.first_token is None:
+            if now >= self.t0 + self.ttft_s:
+                fired.append((self.t0 + self.ttft_s, 0, "ttft"))
+        elif self.idle_s is not None and now >= self.last_chunk + self.idle_s:
+            fired.append((self.last_chunk + self.idle_s, 1, "idle"))
+        if now >= self.t0 + self.total_s:
+            fired.append((self.t0 + self.total_s, 2, "total"))
+        return min(fired)[2] if fired else None
 
     def check(self):
-        if time.monotonic() > self.deadline:
-            raise _DeadlineExceeded()
+        if self.cut is not None:
+            raise _DeadlineExceeded(self.cut[0])
+        limit = self.overdue(time.monotonic())
+        if limit is not None:
+            raise _DeadlineExceeded(limit)
+
+    def chunk(self):
+        self.last_chunk = time.monotonic()
+        self.check()
 
     def event(self):
         if self.first_event is None:
             self.first_event = time.monotonic()
         self.check()
 
+    def token(self):
+        if self.first_token is None:
+            self.first_token = time.monotonic()
+
     def text(self, delta: str):
         if not delta:
             return
         if self.first_text is None:
             self.first_text = time.monotonic()
+        self.token()
         self.parts.append(delta)
         if self.on_delta is not None:
             self.on_delta(delta)
+
+    # -- the socket, for the watchdog
+
+    def begin(self, http_response) -> None:
+        """The response headers have arrived: hand the socket to the watchdog."""
+        self.started = True
+        timeout = http_response.request.extensions.get("timeout")
+        if isinstance(timeout, dict):
+            # httpx reads this when the body starts: the header phase's read timeout (min(ttft, total))
+            # would otherwise also cut a legitimate silence of up to idle_s between two chunks.
+            timeout["read"] = self.total_s + BACKSTOP_S
+        stream = http_response.extensions.get("network_stream")
+        with self._lock:
+            self._stream = stream
+            cut = self.cut is not None
+        if cut:  # the limit passed while the headers were on their way
+            _shut(stream)
+
+    def end(self) -> None:
+        """The body is read (or abandoned): the connection is no longer the watchdog's to shut."""
+        with self._lock:
+            self._stream = None
+
+    def cut_off(self, limit: str) -> None:
+        """Called by the watchdog: record the limit and shut the socket so the blocked read returns."""
+        with self._lock:
+            if self.cut is None:
+                self.cut = (limit, time.monotonic() - self.t0)
+            stream = self._stream
+            if stream is not None:
+                _shut(stream)
+
+    def timeout_error(self, limit: str | None = None) -> ProviderError:
+        """The error of an attempt that ran out of time, naming the limit that fired."""
+        elapsed = time.monotonic() - self.t0
+        if self.cut is not None:
+            limit = self.cut[0]
+        if limit is None:  # a read timeout: a silence, in the phase it fell in
+            limit = self.overdue(time.monotonic()) or (
+                "ttft" if self.first_token is None else "idle" if self.idle_s is not None else "total"
+            )
+        if limit == "ttft":
+            message = f"no first token within {self.ttft_s:g} s"
+        elif limit == "idle":
+            message = f"the stream was silent for {self.idle_s:g} s"
+        else:
+            message = f"ran past its {self.total_s:g} s total"
+        return ProviderError("timeout", f"{message} (cut after {elapsed:.1f} s)", limit=limit)
 
     def ms(self, t):
         return None if t is None else int(round((t - self.t0) * 1000))
@@ -427,33 +543,129 @@ class _Progress:
         return error
 
 
-def _timeout(request: LLMRequest) -> httpx2.Timeout:
-    total = max(0.05, float(request.timeout_s))
-    return httpx2.Timeout(total, connect=min(total, 10.0), pool=total)
+def _shut(stream) -> None:
+    """Shut a connection's socket from another thread: a read blocked on it returns at once."""
+    try:
+        sock = stream.get_extra_info("socket")
+    except Exception:
+        sock = None
+    if sock is None:
+        return
+    try:
+        # socket.socket's own shutdown, not SSLSocket's: that one also drops the SSL object under
+        # the reading thread's feet; the reader then sees the end of the stream and fails cleanly.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+class _Watchdog:
+    """One daemon thread per process that cuts every call in flight that passed one of its limits."""
+
+    def __init__(self):
+        self._reset()
+
+    def _reset(self) -> None:
+        self._calls: set[_Progress] = set()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, progress: _Progress) -> None:
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="llm-watchdog", daemon=True)
+                self._thread.start()
+            self._calls.add(progress)
+            self._cond.notify()
+
+    def forget(self, progress: _Progress) -> None:
+        with self._cond:
+            self._calls.discard(progress)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._calls:
+                    self._cond.wait()  # nothing in flight: sleep until a call starts
+                calls = list(self._calls)
+            now = time.monotonic()
+            for progress in calls:
+                try:
+                    limit = progress.overdue(now)
+                    if limit is not None:
+                        progress.cut_off(limit)
+                except Exception:  # one odd call must not stop the watchdog of all the others
+                    pass
+            time.sleep(WATCHDOG_TICK_S)
+
+
+_watchdog = _Watchdog()
+# A forked child (Celery's prefork pool) has no watchdog thread and none of the parent's calls.
+os.register_at_fork(after_in_child=_watchdog._reset)
+
+
+def _timeout(progress: _Progress) -> httpx2.Timeout:
+    # Until the response headers arrive there is no socket for the watchdog to shut: the read timeout
+    # bounds that phase at the first limit that can pass in it.
+    first = min(progress.ttft_s, progress.total_s)
+    return httpx2.Timeout(first, connect=min(first, 10.0), pool=first)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError, httpx2.TimeoutException)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _is_connect_timeout(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, httpx2.ConnectTimeout):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def llm_call(request: LLMRequest, on_delta: Callable[[str], None] | None = None) -> LLMResult:
     """One attempt, streaming; text deltas go to on_delta as they arrive. Raises ProviderError.
 
     No retries here (the SDKs' max_retries=0): the caller retries so that each attempt is logged
-    as its own row.
+    as its own row. A timeout names its limit (`ProviderError.limit`) and keeps the partial text.
     """
     if request.provider not in PROVIDERS:
         raise ProviderError("bad_request", f"unknown provider {request.provider!r}", retryable=False)
+    if request.structured not in STRUCTURED_MODES:
+        raise ProviderError("bad_request", f"unknown structured-output mode {request.structured!r}", retryable=False)
     base_url, key = _settings(request)
     client = _client(request.provider, base_url, key)
     progress = _Progress(request, on_delta)
     call = _openai_call if request.provider == "openai" else _anthropic_call
+    _watchdog.watch(progress)
     try:
         return call(client, request, progress, base_url)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
-        try:
-            error = _map_exception(exc, progress.started)
-        except Exception:
-            raise exc
+        status_error = isinstance(exc, (openai.APIStatusError, anthropic.APIStatusError, ProviderError))
+        if isinstance(exc, _DeadlineExceeded):
+            error = progress.timeout_error(exc.limit)
+        elif progress.cut is not None and not status_error:
+            error = progress.timeout_error()  # the watchdog shut the socket: whatever broke, it was the limit
+        elif _is_connect_timeout(exc):
+            error = ProviderError("timeout", f"could not connect within {min(progress.ttft_s, 10.0):g} s", limit="ttft")
+        elif _is_timeout(exc):
+            error = progress.timeout_error()
+        else:
+            try:
+                error = _map_exception(exc, progress.started)
+            except Exception:
+                raise exc
         raise progress.fail(error) from exc
+    finally:
+        _watchdog.forget(progress)
 
 
 def _stream_error(event: str | None, payload) -> ProviderError | None:
@@ -467,14 +679,38 @@ def _stream_error(event: str | None, payload) -> ProviderError | None:
 # ----------------------------------------------------------------- OpenAI-compatible
 
 
-def _openai_kwargs(request: LLMRequest, base_url: str | None) -> dict:
+def _schema_instruction(response_schema: dict) -> str:
+    schema = json.dumps(response_schema["schema"], ensure_ascii=False, separators=(",", ":"))
+    return SCHEMA_INSTRUCTION.format(name=response_schema["name"], schema=schema)
+
+
+def _messages(request: LLMRequest) -> list[dict]:
+    """The request's messages; where the server does not enforce the schema, it is appended to the
+    first system message as an instruction (a system message of its own when there is none)."""
+    messages = [dict(m) for m in request.messages]
+    if not request.response_schema or request.structured == "json_schema":
+        return messages
+    instruction = _schema_instruction(request.response_schema)
+    for message in messages:
+        if message.get("role") != "system":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):  # content parts
+            message["content"] = list(content) + [{"type": "text", "text": instruction}]
+        else:
+            message["content"] = f"{content}\n\n{instruction}" if content else instruction
+        return messages
+    return [{"role": "system", "content": instruction}] + messages
+
+
+def _openai_kwargs(request: LLMRequest, base_url: str | None, progress: _Progress) -> dict:
     params = dict(request.params or {})
     kwargs: dict = {
         "model": request.model,
-        "messages": [dict(m) for m in request.messages],
+        "messages": _messages(request),
         "stream": True,
         "stream_options": {"include_usage": True},
-        "timeout": _timeout(request),
+        "timeout": _timeout(progress),
     }
     if "max_tokens" in params:
         value = params.pop("max_tokens")
@@ -495,7 +731,7 @@ def _openai_kwargs(request: LLMRequest, base_url: str | None) -> dict:
             for t in request.tools
         ]
         params.setdefault("tool_choice", "auto")
-    if request.response_schema:
+    if request.response_schema and request.structured == "json_schema":
         kwargs["response_format"] = {
             "type": "json_schema",
             "json_schema": {
@@ -504,6 +740,8 @@ def _openai_kwargs(request: LLMRequest, base_url: str | None) -> dict:
                 "strict": request.response_schema.get("strict", True),
             },
         }
+    elif request.response_schema and request.structured == "json_object":
+        kwargs["response_format"] = {"type": "json_object"}
     extra = {}
     for name, value in params.items():
         if name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed", "stop",
@@ -517,72 +755,85 @@ def _openai_kwargs(request: LLMRequest, base_url: str | None) -> dict:
 
 
 def _openai_call(client, request: LLMRequest, progress: _Progress, base_url: str | None) -> LLMResult:
-    kwargs = _openai_kwargs(request, base_url)
-    model = request.model
-    response_id = None
-    finish = None
-    done = False
-    input_tokens = output_tokens = None
+    kwargs = _openai_kwargs(request, base_url, progress)
+    state = {"model": request.model, "id": None, "finish": None, "done": False,
+             "input_tokens": None, "output_tokens": None}
     calls: dict[int, dict] = {}
     # The SDK builds, authenticates and sends the request and maps error statuses; the body is
     # parsed here (the SDK's typed chunk objects cost ~0.1 ms each, which adds up to whole cores
     # at hundreds of streams per process).
     with client.chat.completions.with_streaming_response.create(**kwargs) as response:
-        progress.started = True
-        for event, data in _sse(response, progress):
-            progress.event()
-            if done:
-                continue  # read to the end so the connection goes back to the pool
-            if data.startswith("[DONE]"):
-                done = True
-                continue
-            chunk = json.loads(data)
-            error = _stream_error(event, chunk)
-            if error is not None:
-                raise error
-            model = chunk.get("model") or model
-            response_id = chunk.get("id") or response_id
-            usage = chunk.get("usage")
-            if isinstance(usage, dict):
-                input_tokens = usage.get("prompt_tokens", input_tokens)
-                output_tokens = usage.get("completion_tokens", output_tokens)
-            for choice in chunk.get("choices") or []:
-                if (choice.get("index") or 0) != 0:
-                    continue
-                delta = choice.get("delta") or {}
-                if delta.get("content"):
-                    progress.text(delta["content"])
-                for position, tc in enumerate(delta.get("tool_calls") or []):
-                    index = tc.get("index") if tc.get("index") is not None else position
-                    slot = calls.setdefault(index, {"id": None, "name": "", "arguments": ""})
-                    if tc.get("id"):
-                        slot["id"] = tc["id"]
-                    function = tc.get("function") or {}
-                    if function.get("name") and not slot["name"]:
-                        slot["name"] = function["name"]
-                    arguments = function.get("arguments")
-                    if isinstance(arguments, dict):  # some local servers send the object whole
-                        arguments = json.dumps(arguments)
-                    if arguments:
-                        slot["arguments"] += arguments
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-    if finish is None or not done:
+        progress.begin(response.http_response)
+        try:
+            _openai_read(response, progress, calls, state)
+        finally:
+            progress.end()
+    finish = state["finish"]
+    if finish is None or not state["done"]:
         missing = "a finish reason" if finish is None else "[DONE]"
         raise ProviderError("dropped", f"the stream ended without {missing}")
     text = "".join(progress.parts)
     tool_calls = [_tool_call(c["id"] or f"call_{i}", c["name"], c["arguments"]) for i, c in sorted(calls.items())]
     parsed = _json_from_text(text) if request.response_schema else None
-    return _result(progress, text, tool_calls, parsed, model, response_id, finish, input_tokens, output_tokens)
+    return _result(progress, text, tool_calls, parsed, state["model"], state["id"], finish,
+                   state["input_tokens"], state["output_tokens"])
+
+
+def _openai_read(response, progress: _Progress, calls: dict, state: dict) -> None:
+    """Read an OpenAI-compatible event stream into `calls` (tool calls by index) and `state`."""
+    for event, data in _sse(response, progress):
+        progress.event()
+        if state["done"]:
+            continue  # read to the end so the connection goes back to the pool
+        if data.startswith("[DONE]"):
+            state["done"] = True
+            continue
+        chunk = json.loads(data)
+        error = _stream_error(event, chunk)
+        if error is not None:
+            raise error
+        state["model"] = chunk.get("model") or state["model"]
+        state["id"] = chunk.get("id") or state["id"]
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            state["input_tokens"] = usage.get("prompt_tokens", state["input_tokens"])
+            state["output_tokens"] = usage.get("completion_tokens", state["output_tokens"])
+        for choice in chunk.get("choices") or []:
+            if (choice.get("index") or 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                progress.text(delta["content"])
+            for position, tc in enumerate(delta.get("tool_calls") or []):
+                progress.token()
+                index = tc.get("index") if tc.get("index") is not None else position
+                slot = calls.setdefault(index, {"id": None, "name": "", "arguments": ""})
+                if tc.get("id"):
+                    slot["id"] = tc["id"]
+                function = tc.get("function") or {}
+                if function.get("name") and not slot["name"]:
+                    slot["name"] = function["name"]
+                arguments = function.get("arguments")
+                if isinstance(arguments, dict):  # some local servers send the object whole
+                    arguments = json.dumps(arguments)
+                if arguments:
+                    slot["arguments"] += arguments
+            if choice.get("finish_reason"):
+                state["finish"] = choice["finish_reason"]
 
 
 # ----------------------------------------------------------------- Anthropic
 
 
-def _anthropic_kwargs(request: LLMRequest) -> dict:
+# The string tool choices of the study file, in the Messages API's words.
+_ANTHROPIC_TOOL_CHOICE = {"auto": {"type": "auto"}, "required": {"type": "any"}, "any": {"type": "any"},
+                          "none": {"type": "none"}}
+
+
+def _anthropic_kwargs(request: LLMRequest, progress: _Progress) -> dict:
     params = dict(request.params or {})
     system_parts, messages = [], []
-    for message in request.messages:
+    for message in _messages(request):
         if message.get("role") == "system":
             system_parts.append(message.get("content") or "")
         else:
@@ -592,7 +843,7 @@ def _anthropic_kwargs(request: LLMRequest) -> dict:
         "messages": messages,
         "max_tokens": int(params.pop("max_tokens", None) or params.pop("max_completion_tokens", None) or ANTHROPIC_DEFAULT_MAX_TOKENS),
         "stream": True,
-        "timeout": _timeout(request),
+        "timeout": _timeout(progress),
     }
     if system_parts:
         kwargs["system"] = "\n\n".join(str(p) for p in system_parts)
@@ -604,7 +855,13 @@ def _anthropic_kwargs(request: LLMRequest) -> dict:
         }
         for t in request.tools or []
     ]
-    if request.response_schema:
+    choice = params.pop("tool_choice", None)
+    if isinstance(choice, str):
+        choice = _ANTHROPIC_TOOL_CHOICE.get(choice, {"type": "tool", "name": choice})
+    if choice is not None and tools:
+        kwargs["tool_choice"] = choice
+    if request.response_schema and request.structured == "json_schema":
+        # the forced tool is Anthropic's way to enforce a schema; it wins over the tool choice
         name = request.response_schema["name"]
         tools.append(
             {
@@ -623,7 +880,7 @@ def _anthropic_kwargs(request: LLMRequest) -> dict:
     for name, value in params.items():
         if name in _OPENAI_ONLY_PARAMS:
             continue
-        if name in ("stop_sequences", "metadata", "system", "tool_choice", "thinking", "service_tier"):
+        if name in ("stop_sequences", "metadata", "system", "thinking", "service_tier"):
             kwargs[name] = value
         else:
             extra[name] = value  # temperature, top_p, top_k: not in this SDK's signature, sent as is
@@ -639,52 +896,57 @@ def _anthropic_call(client, request: LLMRequest, progress: _Progress, base_url: 
     stopped = False
     input_tokens = output_tokens = None
     blocks: dict[int, dict] = {}
-    with client.messages.with_streaming_response.create(**_anthropic_kwargs(request)) as response:
-        progress.started = True
-        for event, data in _sse(response, progress):
-            progress.event()
-            if event == "ping" or not data:
-                continue
-            payload = json.loads(data)
-            error = _stream_error(event, payload)
-            if error is not None:
-                raise error
-            kind = payload.get("type") or event
-            if kind == "message_start":
-                message = payload.get("message") or {}
-                model = message.get("model") or model
-                response_id = message.get("id")
-                usage = message.get("usage") or {}
-                input_tokens = usage.get("input_tokens", input_tokens)
-                output_tokens = usage.get("output_tokens", output_tokens)
-            elif kind == "content_block_start":
-                block = payload.get("content_block") or {}
-                index = payload.get("index", len(blocks))
-                if block.get("type") == "tool_use":
-                    blocks[index] = {"type": "tool_use", "id": block.get("id"), "name": block.get("name") or "",
-                                     "json": "", "input": block.get("input")}
-                else:
-                    blocks[index] = {"type": block.get("type")}
-                    if block.get("type") == "text" and block.get("text"):
-                        progress.text(block["text"])
-            elif kind == "content_block_delta":
-                delta = payload.get("delta") or {}
-                if delta.get("type") == "text_delta":
-                    progress.text(delta.get("text") or "")
-                elif delta.get("type") == "input_json_delta":
-                    index = payload.get("index", 0)
-                    blocks.setdefault(index, {"type": "tool_use", "id": None, "name": "", "json": "", "input": None})
-                    blocks[index]["json"] += delta.get("partial_json") or ""
-            elif kind == "message_delta":
-                delta = payload.get("delta") or {}
-                finish = delta.get("stop_reason") or finish
-                usage = payload.get("usage") or {}
-                if usage.get("output_tokens") is not None:
-                    output_tokens = usage["output_tokens"]
-                if usage.get("input_tokens") is not None:
-                    input_tokens = usage["input_tokens"]
-            elif kind == "message_stop":
-                stopped = True
+    with client.messages.with_streaming_response.create(**_anthropic_kwargs(request, progress)) as response:
+        progress.begin(response.http_response)
+        try:
+            for event, data in _sse(response, progress):
+                progress.event()
+                if event == "ping" or not data:
+                    continue
+                payload = json.loads(data)
+                error = _stream_error(event, payload)
+                if error is not None:
+                    raise error
+                kind = payload.get("type") or event
+                if kind == "message_start":
+                    message = payload.get("message") or {}
+                    model = message.get("model") or model
+                    response_id = message.get("id")
+                    usage = message.get("usage") or {}
+                    input_tokens = usage.get("input_tokens", input_tokens)
+                    output_tokens = usage.get("output_tokens", output_tokens)
+                elif kind == "content_block_start":
+                    block = payload.get("content_block") or {}
+                    index = payload.get("index", len(blocks))
+                    if block.get("type") == "tool_use":
+                        progress.token()
+                        blocks[index] = {"type": "tool_use", "id": block.get("id"), "name": block.get("name") or "",
+                                         "json": "", "input": block.get("input")}
+                    else:
+                        blocks[index] = {"type": block.get("type")}
+                        if block.get("type") == "text" and block.get("text"):
+                            progress.text(block["text"])
+                elif kind == "content_block_delta":
+                    delta = payload.get("delta") or {}
+                    if delta.get("type") == "text_delta":
+                        progress.text(delta.get("text") or "")
+                    elif delta.get("type") == "input_json_delta":
+                        progress.token()
+                        index = payload.get("index", 0)
+                        blocks.setdefault(index, {"type": "tool_use", "id": None, "name": "", "json": "", "input": None})
+                        blocks[index]["json"] += delta.get("partial_json") or ""
+                elif kind == "message_delta":
+                    delta = payload.get("delta") or {}
+                    finish = delta.get("stop_reason") or finish
+                    usage = payload.get("usage") or {}
+                    if usage.get("output_tokens") is not None:
+                        output_tokens = usage["output_tokens"]
+                    if usage.get("input_tokens") is not None:
+                        input_tokens = usage["input_tokens"]
+                elif kind == "message_stop":
+                    stopped = True
+        finally:
+            progress.end()
     if not stopped or finish is None:
         missing = "message_stop" if not stopped else "a stop reason"
         raise ProviderError("dropped", f"the stream ended without {missing}")
@@ -697,7 +959,9 @@ def _anthropic_call(client, request: LLMRequest, progress: _Progress, base_url: 
         raw = block["json"] if block["json"] else (block["input"] or {})
         tool_calls.append(_tool_call(block["id"] or f"toolu_{index}", block["name"], raw))
     parsed = None
-    if request.response_schema:
+    if request.response_schema and request.structured != "json_schema":
+        parsed = _json_from_text(text)
+    elif request.response_schema:
         name = request.response_schema["name"]
         forced = [c for c in tool_calls if c["name"] == name]
         if forced:

@@ -31,7 +31,8 @@ def conversation_usage(*, conversation: Conversation) -> ConversationUsage:
     budget_tokens = (arm.get("budget") or {}).get("max_tokens_per_participant")
     if budget_tokens:
         limits["tokens"] = min(limits.get("tokens") or budget_tokens, budget_tokens)
-    turns_used = conversation.turns.filter(author=Turn.Author.PARTICIPANT).count()
+    # A message whose reply failed or was cut off does not use up the limit: the participant may send it again.
+    turns_used = conversation.turns.filter(author=Turn.Author.PARTICIPANT).exclude(status=Turn.Status.FAILED).count()
     tokens = LLMCall.objects.filter(turn__conversation=conversation).aggregate(
         i=Sum("input_tokens"), o=Sum("output_tokens")
     )

@@ -9,36 +9,38 @@ several calls (learner-model update, tool rounds, reply): each run makes the nex
 """
 import logging
 import random
-import secrets
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
+from redis.exceptions import LockError
 
 from studies.models import StudyVersion
 from studies.protocol import Protocol
+from studies.spec import llm_limits
 
 from . import agentic, tutor
 from .endpoints import llm_endpoint
 from .models import Conversation, LLMCall, Turn
-from .policies import chat_messages
+from .policies import CONTINUE_CUE, chat_messages
 from .providers import LLMRequest, ProviderError, llm_call
 from .selectors import conversation_usage, yoked_transcript_pick
-from .streaming import TurnStream, _sync_client
+from .streaming import TurnStream, _sync_client, redis_key
 
 logger = logging.getLogger(__name__)
 
 REPLY = "reply"
+RETRY_MODES = ("again", "continue")
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 8.0
 RETRY_AFTER_CAP_S = 120.0
-LEASE_RENEW_EVERY_S = 2.0
 
 # Worker threads hold a database connection only inside these slots, never across a provider call.
 _db_slots = threading.BoundedSemaphore(settings.WORKER_DB_SLOTS)
@@ -158,16 +160,29 @@ def turn_create(*, conversation: Conversation, text: str, nonce: str = "") -> Tu
     return turn
 
 
-def turn_retry(*, turn: Turn) -> Turn:
-    """Send a failed turn again (the participant's text was kept). Call with the participant's row locked."""
+def turn_retry(*, turn: Turn, mode: str = "again") -> Turn:
+    """Send a failed turn again (the participant's text was kept). Call with the participant's row locked.
+
+    `mode` "again" asks for a fresh reply; "continue" asks the model to go on from the text of a reply that
+    was cut off (`Turn.shown_text`), and the reply stored is that text and its continuation. Events on the
+    turn's stream: `reset` (the browser drops what it showed), then for "continue" the kept text again, so
+    that a page that replays the stream from its start ends with the same text.
+    """
+    if mode not in RETRY_MODES:
+        raise ValueError(f"unknown retry mode {mode!r}")
     if turn.status != Turn.Status.FAILED:
         return turn
+    if mode == "again":
+        turn.shown_text = ""
     turn.status = Turn.Status.PENDING
     turn.error_kind = ""
     turn.not_before = None
     turn.enqueued_at = timezone.now()
-    turn.save(update_fields=["status", "error_kind", "not_before", "enqueued_at"])
-    TurnStream(turn.id).publish("reset")
+    turn.save(update_fields=["status", "error_kind", "not_before", "enqueued_at", "shown_text"])
+    stream = TurnStream(turn.id)
+    stream.publish("reset")
+    if turn.shown_text:
+        stream.publish("delta", text=turn.shown_text)
     _enqueue_on_commit(turn.id)
     return turn
 
@@ -180,7 +195,12 @@ def _enqueue_on_commit(turn_id: int) -> None:
 
 def reply_generate(*, turn_id: int) -> ReplyOutcome:
     """Make one provider attempt at the reply to a participant's turn (or at an agentic arm's opening, or
-    at one of the other calls of an agentic turn) and store what came of it."""
+    at one of the other calls of an agentic turn) and store what came of it.
+
+    The turn's lease is held from before the call is logged until its outcome is stored; a heartbeat renews
+    it while the call is alive, so a worker that dies leaves a lease that expires within LEASE_TTL_S and the
+    sweeper queues the turn again.
+    """
     with _db():
         turn = Turn.objects.select_related("conversation__version").filter(pk=turn_id).first()
         if turn is None or turn.status != Turn.Status.PENDING:
@@ -190,53 +210,82 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
         conversation = turn.conversation
         arm = Protocol(conversation.version.spec).arms[conversation.arm]
         llm = arm["llm"]
-        budget_s = float(llm["timeout_s"])  # at most studies.spec.LLM_TIMEOUT_MAX_S, by the file's schema
-        lease = _Lease(turn_id, ttl_s=budget_s + 5)
+        lease = _Lease(turn_id)
         if not lease.acquire():
-            # another worker is on it, or was (a killed worker's lease outlives it while its message is
-            # restored): look again once the lease can have expired; the sweeper stays the second line
+            # another worker is on it, or was a moment ago: look again once the lease can have expired
             return ReplyOutcome("busy", lease.remaining_s() + 0.5)
-        endpoint = llm_endpoint(llm)
-        if endpoint is None:
+        try:
+            endpoint = llm_endpoint(llm)
+            if endpoint is None:
+                lease.release()
+                return _fail(turn, "unavailable", TurnStream(turn_id))
+            plan = _plan(turn, conversation, arm, endpoint)
+            previous = list(turn.llm_calls.filter(purpose=plan.purpose).values_list("status", flat=True))
+            call = _call_create(turn, plan, len(previous) + 1, endpoint, conversation)
+            Turn.objects.filter(pk=turn_id).update(enqueued_at=timezone.now())  # the sweeper's "last touched"
+        except BaseException:
             lease.release()
-            return _fail(turn, "unavailable", TurnStream(turn_id))
-        if arm["kind"] == "agentic":
-            plan = agentic.agentic_plan(turn=turn, conversation=conversation, arm=arm, endpoint=endpoint)
-        else:
-            request = LLMRequest(
-                provider=endpoint.provider, model=llm["model"], messages=chat_messages(conversation=conversation, upto=turn),
-                params=dict(llm["params"]), base_url=endpoint.base_url, timeout_s=budget_s,
-            )
-            plan = agentic.Plan(REPLY, request, streams=True)
-        previous = list(turn.llm_calls.filter(purpose=plan.purpose).values_list("status", flat=True))
-        call = _call_create(turn, plan, len(previous) + 1, endpoint, conversation)
+            raise
         failures = sum(1 for status in previous if status == LLMCall.Status.ERROR)
-    stream = TurnStream(turn_id)
-    if plan.streams and previous and previous[-1] != LLMCall.Status.OK:
-        stream.publish("reset")  # a new attempt after a failed one: the browser drops what it showed
-
-    def on_delta(text: str) -> None:
-        if plan.streams:  # a structured answer (the learner model) is never shown to the participant
-            stream.delta(text)
-        lease.renew()
-
     try:
-        result = llm_call(plan.request, on_delta=on_delta)
-    except ProviderError as error:
-        result = error
-    stream.flush()  # the last coalesced text, before the outcome is written
-    lease.release()
+        stream = TurnStream(turn_id)
+        if plan.streams and previous and previous[-1] != LLMCall.Status.OK and not plan.continuing:
+            stream.publish("reset")  # a new attempt after a failed one: the browser drops what it showed
+        on_delta = stream.delta if plan.streams else None  # a structured answer is never shown
+        try:
+            result = llm_call(plan.request, on_delta=on_delta)
+        except ProviderError as error:
+            result = error
+        stream.flush()  # the last coalesced text, before the outcome is written
+        return _outcome(turn, arm, endpoint, plan, call, result, failures, stream)
+    finally:
+        lease.release()
+
+
+def _plan(turn: Turn, conversation: Conversation, arm: dict, endpoint) -> agentic.Plan:
+    if arm["kind"] == "agentic":
+        return agentic.agentic_plan(turn=turn, conversation=conversation, arm=arm, endpoint=endpoint)
+    llm = arm["llm"]
+    messages, trimmed = chat_messages(conversation=conversation, upto=turn)
+    continuing = turn.shown_text
+    if continuing:
+        messages += [{"role": "assistant", "content": continuing}, {"role": "user", "content": CONTINUE_CUE}]
+    request = LLMRequest(provider=endpoint.provider, model=llm["model"], messages=messages,
+                         params=dict(llm["params"]), base_url=endpoint.base_url, **llm_limits(llm=llm, kind=REPLY))
+    return agentic.Plan(REPLY, request, streams=True, continuing=continuing, trimmed=trimmed)
+
+
+def _outcome(turn, arm, endpoint, plan, call, result, failures: int, stream: TurnStream) -> ReplyOutcome:
+    """Store what one attempt gave: a failure (retried, cut off or final), a step of an agentic turn, or the reply."""
+    llm = arm["llm"]
     if isinstance(result, ProviderError):
-        if plan.purpose != REPLY:  # the learner-model update: no retry, the next run falls back to the rules
+        if plan.purpose != REPLY:  # the learner-model update: no retry, the next run repairs it or uses the rules
             _call_failed(call, result)
             return ReplyOutcome("continue")
+        shown = _shown_text(plan, result.partial_text) if plan.streams else ""
+        if shown:  # the participant saw part of it: keep that, never wipe it for a silent retry
+            _call_failed(call, result)
+            with _db():
+                logger.warning("reply cut off: turn %s attempt %s %s", turn.pk, call.attempt, result.kind)
+                return _fail(turn, result.kind, stream, shown=shown)
         return _attempt_failed(turn, call, result, failures + 1, llm, stream)
+    if plan.continuing:
+        result = replace(result, text=plan.continuing + result.text)
     if arm["kind"] != "agentic":
         return _reply_store(turn, call, result, llm, stream,
                             lambda locked, first: _chat_reply_save(locked, result, endpoint.scripted, first))
+    if plan.expect_tool and not result.tool_calls:
+        # `auto` gave no tool call where the policy needs one: the next round asks with `required`
+        with _db():
+            _call_succeeded(call, result, llm, {**result.response, "auto_missed": True, "shown": plan.streams})
+        if plan.streams and result.text:
+            stream.publish("reset")
+        return ReplyOutcome("continue")
     tool_results = agentic.tool_round_results(plan, result)  # runs the target locally: no network
     if plan.purpose != REPLY or tool_results is not None:
-        response = result.response if tool_results is None else {**result.response, "tool_results": tool_results}
+        response = {**result.response, "shown": plan.streams}
+        if tool_results is not None:
+            response["tool_results"] = tool_results
         with _db():
             _call_succeeded(call, result, llm, response)
         return ReplyOutcome("continue")
@@ -244,11 +293,22 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
         plan=plan, turn=locked, result=result, scripted=endpoint.scripted, first_token_at=first))
 
 
+def _shown_text(plan, partial: str) -> str:
+    """What the participant has seen of a reply whose attempt broke off after `partial`."""
+    if not partial:
+        return ""
+    before = plan.continuing or (f"{plan.earlier_text}\n\n" if plan.earlier_text else "")
+    return before + partial
+
+
 def _call_create(turn: Turn, plan, attempt: int, endpoint, conversation: Conversation) -> LLMCall:
+    strategy = plan.strategy or {}
     return LLMCall.objects.create(
         turn=turn, purpose=plan.purpose, attempt=attempt, provider=endpoint.provider, model=plan.request.model,
         scripted=endpoint.scripted, request=_request_log(plan.request), started_at=timezone.now(),
-        version_sha256=conversation.version_sha256,
+        version_sha256=conversation.version_sha256, tool_choice=strategy.get("tool_choice") or "",
+        structured_output=(strategy.get("structured_output") or "") if plan.request.response_schema else "",
+        fallback_reason=(strategy.get("fallback_reason") or "")[:300], trimmed=plan.trimmed,
     )
 
 
@@ -274,12 +334,17 @@ def _request_log(request: LLMRequest) -> dict:
     return {
         "provider": request.provider, "model": request.model, "messages": request.messages,
         "params": request.params, "tools": request.tools, "response_schema": request.response_schema,
-        "base_url": request.base_url, "timeout_s": request.timeout_s,
+        "structured": request.structured if request.response_schema else None,
+        "base_url": request.base_url, "timeout_s": request.timeout_s, "ttft_s": request.ttft_s,
+        "idle_s": request.idle_s,
     }
 
 
-def _cost(llm: dict, input_tokens: int | None, output_tokens: int | None) -> Decimal:
-    prices = llm["prices"]
+def _cost(llm: dict, input_tokens: int | None, output_tokens: int | None) -> Decimal | None:
+    """The call's cost from the arm's prices; None when the study file gives no price (never a guess)."""
+    prices = llm.get("prices")
+    if not prices:
+        return None
     total = Decimal(str(prices["input_per_mtok"])) * (input_tokens or 0)
     total += Decimal(str(prices["output_per_mtok"])) * (output_tokens or 0)
     return (total / Decimal(1_000_000)).quantize(Decimal("0.000001"))
@@ -319,17 +384,20 @@ def _attempt_failed(turn, call, error: ProviderError, failures: int, llm, stream
         logger.warning("reply attempt failed: turn %s attempt %s %s", turn.pk, call.attempt, error.kind)
         if error.retryable and failures <= int(llm["max_retries"]):
             delay = _backoff_s(failures, error.retry_after)
-            Turn.objects.filter(pk=turn.pk, status=Turn.Status.PENDING).update(
-                not_before=timezone.now() + timedelta(seconds=delay)
-            )
+            due = timezone.now() + timedelta(seconds=delay)
+            # touched when due: the sweeper does not take a turn waiting out its backoff for a lost one
+            Turn.objects.filter(pk=turn.pk, status=Turn.Status.PENDING).update(not_before=due, enqueued_at=due)
             stream.publish("retrying", in_s=round(delay, 1))
             return ReplyOutcome("retry", delay)
         return _fail(turn, error.kind, stream)
 
 
-def _fail(turn: Turn, kind: str, stream: TurnStream) -> ReplyOutcome:
-    Turn.objects.filter(pk=turn.pk, status=Turn.Status.PENDING).update(status=Turn.Status.FAILED, error_kind=kind)
-    stream.publish("failed", error=kind)
+def _fail(turn: Turn, kind: str, stream: TurnStream, shown: str = "") -> ReplyOutcome:
+    """Mark the turn failed; `shown` is what the participant saw of a reply that was cut off."""
+    Turn.objects.filter(pk=turn.pk, status=Turn.Status.PENDING).update(
+        status=Turn.Status.FAILED, error_kind=kind, shown_text=shown,
+    )
+    stream.publish("failed", error=kind, cut_off=bool(shown))
     return ReplyOutcome("failed")
 
 
@@ -361,38 +429,62 @@ def conversation_wrapup(*, conversation_id: int) -> ReplyOutcome:
         plan = agentic.wrapup_plan(conversation=conversation, arm=arm, endpoint=endpoint, done=done)
         if plan is None:
             return ReplyOutcome("answered")
-        lease = _Lease(conversation_id, ttl_s=float(arm["llm"]["timeout_s"]) + 5, kind="conversation")
+        lease = _Lease(conversation_id, kind="conversation")
         if not lease.acquire():
             return ReplyOutcome("busy", lease.remaining_s() + 0.5)
-        attempt = last.llm_calls.filter(purpose=plan.purpose).count() + 1
-        call = _call_create(last, plan, attempt, endpoint, conversation)
+        try:
+            attempt = last.llm_calls.filter(purpose=plan.purpose).count() + 1
+            call = _call_create(last, plan, attempt, endpoint, conversation)
+        except BaseException:
+            lease.release()
+            raise
     try:
-        result = llm_call(plan.request, on_delta=lambda _text: lease.renew())
-    except ProviderError as error:
-        result = error
-    lease.release()
-    if isinstance(result, ProviderError):
-        _call_failed(call, result)
+        try:
+            result = llm_call(plan.request)
+        except ProviderError as error:
+            result = error
+        if isinstance(result, ProviderError):
+            _call_failed(call, result)
+            return ReplyOutcome("continue")
+        with _db(), transaction.atomic():
+            _call_succeeded(call, result, arm["llm"])
+            agentic.wrapup_save(plan=plan, conversation=conversation, result=result)
         return ReplyOutcome("continue")
-    with _db(), transaction.atomic():
-        _call_succeeded(call, result, arm["llm"])
-        agentic.wrapup_save(plan=plan, conversation=conversation, result=result)
-    return ReplyOutcome("continue")
+    finally:
+        lease.release()
 
 
 def turns_sweep() -> list[int]:
-    """Queue again the turns left without a reply (broker flushed, worker lost); return their ids."""
-    stale = timezone.now() - timedelta(seconds=settings.TURN_SWEEP_STALE_S)
+    """Queue again the turns left without a reply; return their ids.
+
+    Two cases, both with the turn's lease free: a call still marked `started` (its worker died during the
+    call: the lease expired within LEASE_TTL_S), queued at once and that call marked lost; or a turn no
+    worker has touched for TURN_SWEEP_STALE_S (its broker message was lost). Turns waiting out a backoff are
+    left alone. A second message for a turn is harmless: the lease and the turn's status make it a no-op.
+    """
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.TURN_SWEEP_STALE_S)
+    requeued = []
     with _db():
-        candidates = list(
-            Turn.objects.filter(status=Turn.Status.PENDING, enqueued_at__lt=stale).values_list("id", "not_before")
+        pending = dict(
+            Turn.objects.filter(status=Turn.Status.PENDING)
+            .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+            .values_list("id", "enqueued_at")
         )
-        requeued = []
-        for turn_id, not_before in candidates:
-            if _Lease(turn_id, ttl_s=1).held():
+        orphaned = set(LLMCall.objects.filter(turn_id__in=list(pending), status=LLMCall.Status.STARTED)
+                       .values_list("turn_id", flat=True))
+        for turn_id, touched in pending.items():
+            if turn_id not in orphaned and touched and touched >= stale:
                 continue
-            Turn.objects.filter(pk=turn_id, status=Turn.Status.PENDING).update(enqueued_at=timezone.now())
-            requeued.append(turn_id)
+            if _Lease(turn_id).held():
+                continue
+            if turn_id in orphaned:
+                LLMCall.objects.filter(turn_id=turn_id, status=LLMCall.Status.STARTED).update(
+                    status=LLMCall.Status.ERROR, error_kind="worker_lost",
+                    error="the worker was lost during the call; the sweeper queued the turn again",
+                )
+            if Turn.objects.filter(pk=turn_id, status=Turn.Status.PENDING).update(enqueued_at=now):
+                requeued.append(turn_id)
     from .tasks import reply_generate_task
 
     for turn_id in requeued:
@@ -403,30 +495,75 @@ def turns_sweep() -> list[int]:
 
 
 class _Lease:
-    """A short Redis lease on a turn (or a conversation's end-of-step calls): at most one provider call in flight."""
+    """A Redis lease on a turn (or a conversation's end-of-step calls): at most one provider call in flight.
 
-    def __init__(self, turn_id: int, *, ttl_s: float, kind: str = "turn"):
-        self.key = f"teachback:{kind}:{turn_id}:lease"
-        self.token = secrets.token_hex(8)
-        self.ttl_ms = int(ttl_s * 1000)
-        self._renewed = 0.0
+    redis-py's `Lock` (its extend and release check the owner atomically). While held, the process's
+    heartbeat renews it every LEASE_RENEW_EVERY_S whether or not data arrives; a dead worker's lease
+    expires LEASE_TTL_S after its last renewal.
+    """
+
+    def __init__(self, turn_id: int, *, kind: str = "turn"):
+        self.key = redis_key(kind, turn_id, "lease")
+        self.lock = _sync_client().lock(self.key, timeout=settings.LEASE_TTL_S, blocking=False, thread_local=False)
 
     def acquire(self) -> bool:
-        self._renewed = time.monotonic()
-        return bool(_sync_client().set(self.key, self.token, nx=True, px=self.ttl_ms))
+        if not self.lock.acquire(blocking=False):
+            return False
+        _heartbeat.add(self)
+        return True
 
-    def renew(self) -> None:
-        if time.monotonic() - self._renewed >= LEASE_RENEW_EVERY_S:
-            self._renewed = time.monotonic()
-            _sync_client().pexpire(self.key, self.ttl_ms)
+    def renew(self) -> bool:
+        try:
+            self.lock.reacquire()
+            return True
+        except LockError:
+            logger.warning("lost the lease %s while its call was alive", self.key)
+            return False
 
     def release(self) -> None:
-        client = _sync_client()
-        if client.get(self.key) == self.token.encode():
-            client.delete(self.key)
+        _heartbeat.discard(self)
+        try:
+            self.lock.release()
+        except LockError:
+            pass  # it expired, or was never ours
 
     def remaining_s(self) -> float:
         return max(0.0, _sync_client().pttl(self.key) / 1000)
 
     def held(self) -> bool:
         return bool(_sync_client().exists(self.key))
+
+
+class _Heartbeat:
+    """One thread per process that renews every lease held by it, every LEASE_RENEW_EVERY_S."""
+
+    def __init__(self):
+        self._leases: set[_Lease] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, lease: _Lease) -> None:
+        with self._lock:
+            self._leases.add(lease)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+                self._thread.start()
+
+    def discard(self, lease: _Lease) -> None:
+        with self._lock:
+            self._leases.discard(lease)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(settings.LEASE_RENEW_EVERY_S)
+            with self._lock:
+                leases = list(self._leases)
+            for lease in leases:
+                try:
+                    if not lease.renew():
+                        self.discard(lease)
+                except Exception:  # Redis away for a moment: the next beat tries again
+                    logger.warning("lease heartbeat failed for %s", lease.key, exc_info=True)
+
+
+_heartbeat = _Heartbeat()

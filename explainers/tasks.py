@@ -4,7 +4,9 @@ from django.db import InterfaceError, OperationalError
 
 from . import services
 
-DB_RETRY_S = 5  # < the visibility timeout
+# A countdown, so like every countdown below the visibility timeout (config/settings.py): the message
+# waits in the worker unacknowledged, and one that outlived the visibility timeout would run twice.
+DB_RETRY_S = 5
 
 
 @shared_task(

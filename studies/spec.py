@@ -37,8 +37,17 @@ ARM_OPTIONS = {
 }
 LEARNER_MODEL_OPTIONS = ("mismatched", "frozen")  # or true / false
 LLM_PROVIDERS = ("openai", "anthropic")
-# One provider attempt must end well inside the broker's visibility timeout (see docs/chat.md).
-LLM_TIMEOUT_MAX_S = 15
+# The longest total an attempt may be given. The broker's visibility timeout and the task limits are
+# sized from it (config/settings.py, docs/chat.md "The timing budget", tests/explainers/test_timing_budget.py).
+LLM_TIMEOUT_MAX_S = 600
+# The kinds of LLM call an arm makes; `llm.timeouts` may give each its own limits.
+LLM_CALL_KINDS = ("reply", "opening", "learner_update", "posttest_prediction", "meeting_note")
+LLM_LIMITS = ("timeout_s", "ttft_s", "idle_s")
+# Every default of the limits, declared once: `ttft_s` defaults to the total it belongs to.
+LLM_TIMEOUT_DEFAULT_S = 120.0
+LLM_IDLE_DEFAULT_S = 30.0
+LLM_TOOL_CHOICES = ("auto", "required", "none")
+LLM_STRUCTURED_OUTPUTS = ("json_schema", "json_object", "instructions")
 
 # Which task each allowed estimator solves. `studies.targets.ESTIMATORS` maps the same names
 # to classes; the names live here so that validating a file needs no scikit-learn import.
@@ -290,6 +299,15 @@ def _item_schema() -> dict:
     return _obj(properties, required=("id", "kind", "prompt"), allOf=kinds)
 
 
+def _llm_limits_schema() -> dict:
+    seconds = {"type": "number", "exclusiveMinimum": 0, "maximum": LLM_TIMEOUT_MAX_S}
+    return {
+        "timeout_s": {**seconds, "description": "total limit of one attempt, in seconds"},
+        "ttft_s": {**seconds, "description": "limit to the first token (text or tool call); default: the total"},
+        "idle_s": {**seconds, "description": "limit on a silence between two chunks once the first token came"},
+    }
+
+
 def _llm_schema() -> dict:
     """A language model: the one behind a chat or agentic arm, or an `llm` target."""
     return _obj(
@@ -306,9 +324,17 @@ def _llm_schema() -> dict:
                 {
                     "input_per_mtok": {"type": "number", "minimum": 0},
                     "output_per_mtok": {"type": "number", "minimum": 0},
-                }
+                },
+                required=("input_per_mtok", "output_per_mtok"),
+                description="US$ per million tokens; absent: the cost is unknown",
             ),
-            "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": LLM_TIMEOUT_MAX_S},
+            **_llm_limits_schema(),
+            "timeouts": _obj(
+                {kind: _obj(_llm_limits_schema()) for kind in LLM_CALL_KINDS},
+                description="the limits of one kind of call, over those above",
+            ),
+            "tool_choice": {"enum": list(LLM_TOOL_CHOICES)},
+            "structured_output": {"enum": list(LLM_STRUCTURED_OUTPUTS)},
             "max_retries": {"type": "integer", "minimum": 0, "maximum": 5},
             "context_tokens": {"type": "integer", "minimum": 512},
         },
@@ -708,6 +734,7 @@ class _Checker:
         self.check_texts()
         self.check_ids()
         self.check_target()
+        self.check_llm_limits()
         self.check_items()
         self.check_instruments()
         self.check_arms()
@@ -802,6 +829,25 @@ class _Checker:
         for feature in _mapping(target.get("feature_labels")):
             if isinstance(features, list) and feature not in features:
                 self.error(("target", "feature_labels", feature), "not one of target.features")
+
+    def check_llm_limits(self) -> None:
+        """A first-token or idle limit longer than the total it belongs to is a mistake, not a wish."""
+        places = [(("target", "llm"), _mapping(self.target).get("llm"))] if self.target else []
+        places += [(("arms", i, "llm"), arm.get("llm")) for i, arm in _dicts(self.data.get("arms"))]
+        for path, llm in places:
+            if not isinstance(llm, dict):
+                continue
+            levels = [(path, llm, llm.get("timeout_s", LLM_TIMEOUT_DEFAULT_S))]
+            for kind, limits in _mapping(llm.get("timeouts")).items():
+                if isinstance(limits, dict):
+                    levels.append((path + ("timeouts", kind), limits, limits.get("timeout_s", levels[0][2])))
+            for where, limits, total in levels:
+                if not _is_number(total):
+                    continue
+                for name in ("ttft_s", "idle_s"):
+                    value = limits.get(name)
+                    if _is_number(value) and value > total:
+                        self.error(where + (name,), f"must be at most the total timeout_s ({total:g} s)")
 
     def check_llm_target(self, target: dict) -> None:
         template, features = target.get("prompt_template"), target.get("features")
@@ -1216,20 +1262,52 @@ def _normalise_material(material, languages) -> dict | None:
 def _normalise_llm(llm: dict | None) -> dict | None:
     if llm is None:
         return None
-    prices = llm.get("prices") or {}
+    prices = llm.get("prices")
+    timing = _llm_timing(llm)
     return {
         "provider": llm.get("provider", "openai"),
         "model": llm["model"],
         "base_url": llm.get("base_url"),
         "params": dict(llm.get("params") or {}),
-        "prices": {
-            "input_per_mtok": float(prices.get("input_per_mtok", 0)),
-            "output_per_mtok": float(prices.get("output_per_mtok", 0)),
+        # no default price: a cost computed at a made-up price is worse than an unknown one
+        "prices": None if prices is None else {
+            "input_per_mtok": float(prices["input_per_mtok"]),
+            "output_per_mtok": float(prices["output_per_mtok"]),
         },
-        "timeout_s": float(llm.get("timeout_s", LLM_TIMEOUT_MAX_S)),
+        "timeout_s": timing["reply"]["timeout_s"],  # the reply's total, for callers that know one limit
+        "timing": timing,
+        "tool_choice": llm.get("tool_choice"),  # None: from the endpoint's probe, else auto
+        "structured_output": llm.get("structured_output"),  # None: from the probe, else json_schema
         "max_retries": llm.get("max_retries", 2),
         "context_tokens": llm.get("context_tokens", 8000),
     }
+
+
+def _llm_timing(llm: dict) -> dict:
+    """Return {call kind: {"timeout_s", "ttft_s", "idle_s"}}: the kind's own limits over the llm's,
+    over the defaults; the first-token and idle limits never exceed the total."""
+    timing = {}
+    for kind in LLM_CALL_KINDS:
+        own = (llm.get("timeouts") or {}).get(kind) or {}
+        total = float(own.get("timeout_s", llm.get("timeout_s", LLM_TIMEOUT_DEFAULT_S)))
+        ttft = float(own.get("ttft_s", llm.get("ttft_s", total)))
+        idle = float(own.get("idle_s", llm.get("idle_s", LLM_IDLE_DEFAULT_S)))
+        timing[kind] = {"timeout_s": total, "ttft_s": min(ttft, total), "idle_s": min(idle, total)}
+    return timing
+
+
+def llm_limits(*, llm: dict, kind: str) -> dict:
+    """Return {"timeout_s", "ttft_s", "idle_s"} of one kind of call of a normalised `llm`.
+
+    A spec normalised before the limits existed has only `timeout_s`: it applies to every kind.
+    """
+    if kind not in LLM_CALL_KINDS:
+        raise ValueError(f"unknown LLM call kind {kind!r}")
+    timing = llm.get("timing")
+    if timing and kind in timing:
+        return dict(timing[kind])
+    total = float(llm.get("timeout_s", LLM_TIMEOUT_DEFAULT_S))
+    return {"timeout_s": total, "ttft_s": total, "idle_s": min(LLM_IDLE_DEFAULT_S, total)}
 
 
 def _normalise_item(item: dict, text, task: str | None) -> dict:

@@ -244,6 +244,156 @@ def test_slow_stream_hits_total_budget(fake):
     assert error.partial_text  # what had streamed before the budget ran out
 
 
+# ---------------------------------------------------------------- the three limits and the watchdog
+# Each cut is measured with monotonic time around the call and must come within 1 s of its limit
+# (the bound); the lower bound shows it was that limit, not an earlier one, that fired.
+
+LONG_REPLY = " ".join(f"word{i}" for i in range(60))
+
+
+def timed(request, seen=None):
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as info:
+        llm_call(request, None if seen is None else seen.append)
+    return info.value, time.monotonic() - started
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_stream_silent_before_its_first_token_is_cut_within_1_s_of_ttft(fake, provider):
+    # headers and the opening event arrive at once, then nothing: no byte ever wakes the reader
+    fake.queue({"ttft_s": 60})
+    error, elapsed = timed(req(fake, provider, timeout_s=20, ttft_s=1.5, idle_s=0.5))
+    assert error.kind == "timeout" and error.limit == "ttft" and error.retryable, error.as_dict()
+    assert 1.5 <= elapsed < 2.5, elapsed
+    assert "no first token within 1.5 s" in error.message and error.partial_text == ""
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_server_that_never_sends_headers_is_cut_within_1_s_of_ttft(fake, provider):
+    fake.queue({"fail": "hang"})
+    error, elapsed = timed(req(fake, provider, timeout_s=20, ttft_s=1.5))
+    assert error.kind == "timeout" and error.limit == "ttft", error.as_dict()
+    assert 1.5 <= elapsed < 2.5, elapsed
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_keep_alives_without_a_token_are_cut_at_ttft(fake, provider):
+    # bytes keep arriving (so a read timeout never fires), but no token does
+    fake.queue({"fail": "trickle", "chunk_delay_s": 0.2})
+    error, elapsed = timed(req(fake, provider, timeout_s=20, ttft_s=1.5, idle_s=0.5))
+    assert error.limit == "ttft" and 1.5 <= elapsed < 2.5, (error.as_dict(), elapsed)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_stream_that_goes_silent_midway_is_cut_within_1_s_of_idle_with_its_partial_text(fake, provider):
+    fake.queue({"fail": "stall", "reply": LONG_REPLY})
+    seen = []
+    error, elapsed = timed(req(fake, provider, timeout_s=20, ttft_s=5, idle_s=1.5), seen)
+    assert error.kind == "timeout" and error.limit == "idle" and error.retryable, error.as_dict()
+    assert 1.5 <= elapsed < 2.5, elapsed
+    assert "the stream was silent for 1.5 s" in error.message
+    assert error.partial_text == "".join(seen) and error.partial_text.startswith("word0 word1")
+    assert "word59" not in error.partial_text
+    # the cut socket is not handed to the next call
+    assert llm_call(req(fake, provider, timeout_s=5)).text.startswith("(Scripted demo reply")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_trickling_stream_is_cut_at_its_total(fake, provider):
+    # a token every 0.3 s: inside the TTFT and idle limits, forever past the total
+    fake.queue({"reply": LONG_REPLY, "chunk_delay_s": 0.3})
+    seen = []
+    error, elapsed = timed(req(fake, provider, timeout_s=2.5, ttft_s=1.5, idle_s=1.5), seen)
+    assert error.kind == "timeout" and error.limit == "total", error.as_dict()
+    assert 2.5 <= elapsed < 3.5, elapsed
+    assert "ran past its 2.5 s total" in error.message
+    assert error.partial_text == "".join(seen) and error.partial_text.startswith("word0")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_slow_but_steady_stream_inside_every_limit_is_not_cut(fake, provider):
+    # 0.8 s to the first token and a token every 0.2 s for ~3 s: longer than the TTFT and idle limits
+    # added up, shorter than each of them where it applies
+    fake.queue({"reply": " ".join(f"w{i}" for i in range(14)), "ttft_s": 0.8, "chunk_delay_s": 0.2})
+    seen = []
+    started = time.monotonic()
+    result = llm_call(req(fake, provider, timeout_s=10, ttft_s=1.5, idle_s=1.0), seen.append)
+    assert time.monotonic() - started > 2.0  # it really was slower than the TTFT and idle limits
+    assert result.text == "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13" and "".join(seen) == result.text
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_pause_mid_stream_longer_than_ttft_but_inside_idle_is_not_cut(fake, provider):
+    # the header phase's read timeout (min(ttft, total) = 1 s) must not bound the gaps of the body
+    fake.queue({"reply": "one two three four five six", "pause_s": 2.0})
+    result = llm_call(req(fake, provider, timeout_s=10, ttft_s=1.0, idle_s=3.0))
+    assert result.text == "one two three four five six"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_tool_call_delta_is_a_first_token(fake, provider):
+    # a tool-only reply whose arguments trickle in: no text ever, yet the TTFT limit is met
+    args = {"feature": "income " * 8, "depth": 2}
+    fake.queue({"tool_calls": [{"name": "lookup_feature", "arguments": args}], "chunk_delay_s": 0.15})
+    result = llm_call(req(fake, provider, tools=[LOOKUP], timeout_s=10, ttft_s=1.0, idle_s=1.0))
+    assert result.text == "" and result.tool_calls[0]["arguments"] == args
+
+
+def test_one_watchdog_thread_watches_every_call(fake):
+    fake.set_behaviour(latency_s=0.5)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda i: llm_call(req(fake, "openai", text=f"q{i}", timeout_s=10, idle_s=5)), range(20)))
+    assert all(r.text for r in results)
+    assert [t.name for t in threading.enumerate()].count("llm-watchdog") == 1
+    assert not providers._watchdog._calls  # every call left the watch list
+
+
+# ---------------------------------------------------------------- how structured output is asked for
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("structured", ["json_object", "instructions"])
+def test_structured_output_without_a_schema_enforcing_server(fake, provider, structured):
+    scripted = {"understands": True, "confidence": 0.7, "next_act": "example", "misconceptions": []}
+    fake.queue({"json": scripted})
+    result = llm_call(req(fake, provider, response_schema=LEARNER, structured=structured))
+    assert result.parsed == scripted and result.tool_calls == []
+    body = fake.requests()[-1]["body"]
+    instruction = providers._schema_instruction(LEARNER)
+    assert '"next_act":{"enum":["explain","ask","example"]}' in instruction
+    if provider == "openai":
+        system = body["messages"][0]
+        assert system["role"] == "system" and system["content"] == "You explain a loan model.\n\n" + instruction
+        if structured == "json_object":
+            assert body["response_format"] == {"type": "json_object"}
+        else:
+            assert "response_format" not in body
+    else:
+        assert body["system"] == "You explain a loan model.\n\n" + instruction
+        assert "tool_choice" not in body and "tools" not in body  # no forced tool
+
+
+def test_the_schema_instruction_gets_a_system_message_of_its_own_when_there_is_none(fake):
+    fake.queue({"json": {"understands": False, "confidence": 0.5, "next_act": "ask", "misconceptions": []}})
+    messages = [{"role": "user", "content": "Hello"}]
+    llm_call(req(fake, "openai", messages=messages, response_schema=LEARNER, structured="instructions"))
+    sent = fake.requests()[-1]["body"]["messages"]
+    assert sent == [{"role": "system", "content": providers._schema_instruction(LEARNER)}, messages[0]]
+    assert messages == [{"role": "user", "content": "Hello"}]  # the caller's list is left alone
+
+
+def test_an_unknown_structured_mode_is_a_final_bad_request(fake):
+    error = expect_error(req(fake, "openai", response_schema=LEARNER, structured="xml"), "bad_request")
+    assert not error.retryable and not fake.requests()
+
+
+def test_anthropic_gets_the_study_files_tool_choice_in_its_own_words(fake):
+    llm_call(req(fake, "anthropic", tools=[LOOKUP], params={"tool_choice": "required"}))
+    assert fake.requests()[-1]["body"]["tool_choice"] == {"type": "any"}
+    llm_call(req(fake, "anthropic", tools=[LOOKUP], response_schema=LEARNER, params={"tool_choice": "auto"}))
+    assert fake.requests()[-1]["body"]["tool_choice"] == {"type": "tool", "name": "learner_model"}
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("fail", ["drop", "truncate", "no_done"])
 def test_dropped_stream(fake, provider, fail):

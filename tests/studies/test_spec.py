@@ -10,9 +10,12 @@ from ruamel.yaml import YAML
 
 from studies.spec import (
     DEFAULT_COMPLETION_URL,
+    LLM_CALL_KINDS,
+    LLM_TIMEOUT_MAX_S,
     SpecError,
     StudyFileInvalid,
     canonical_hash,
+    llm_limits,
     localize,
     study_file_read,
     study_json_schema,
@@ -178,8 +181,9 @@ def test_minimal_study_is_normalised_with_defaults(tmp_path):
         "system_prompt": None,
         "llm": {
             "provider": "openai", "model": "small-model", "base_url": None, "params": {},
-            "prices": {"input_per_mtok": 0.0, "output_per_mtok": 0.0}, "timeout_s": 15.0, "max_retries": 2,
-            "context_tokens": 8000,
+            "prices": None, "timeout_s": 120.0, "tool_choice": None, "structured_output": None,
+            "timing": {kind: {"timeout_s": 120.0, "ttft_s": 120.0, "idle_s": 30.0} for kind in LLM_CALL_KINDS},
+            "max_retries": 2, "context_tokens": 8000,
         },
     }
     assert spec["target"]["task"] == "classification"
@@ -388,3 +392,109 @@ def test_canonical_hash_ignores_key_order():
     reordered = copy.deepcopy({"a": {"x": [1, 2], "y": "é"}, "b": 1})
     assert canonical_hash(spec, {"f": b"1"}) == canonical_hash(reordered, {"f": b"1"})
     assert canonical_hash(spec, {"f": b"1"}) != canonical_hash(spec, {"f": b"2"})
+
+
+# ---------------------------------------------------------------- the llm mapping: limits, strategies, prices
+
+LLM_FULL = """\
+    llm:
+      model: slow-model
+      timeout_s: 300
+      ttft_s: 90
+      timeouts:
+        opening: {timeout_s: 60}
+        learner_update: {timeout_s: 45, ttft_s: 40, idle_s: 10}
+        meeting_note: {idle_s: 5}
+      tool_choice: required
+      structured_output: json_object
+      prices: {input_per_mtok: 0.5, output_per_mtok: 1.5}"""
+
+
+def with_chat_llm(block: str) -> str:
+    return MINIMAL.replace("    llm: {model: small-model}", block)
+
+
+def test_llm_limits_per_call_kind_over_the_arms_over_the_defaults(tmp_path):
+    llm = study_file_read(write_study(tmp_path, with_chat_llm(LLM_FULL))).spec["arms"][1]["llm"]
+    assert llm["timing"] == {
+        "reply": {"timeout_s": 300.0, "ttft_s": 90.0, "idle_s": 30.0},
+        "opening": {"timeout_s": 60.0, "ttft_s": 60.0, "idle_s": 30.0},  # the arm's ttft, cut to the kind's total
+        "learner_update": {"timeout_s": 45.0, "ttft_s": 40.0, "idle_s": 10.0},
+        "posttest_prediction": {"timeout_s": 300.0, "ttft_s": 90.0, "idle_s": 30.0},
+        "meeting_note": {"timeout_s": 300.0, "ttft_s": 90.0, "idle_s": 5.0},
+    }
+    assert llm["timeout_s"] == 300.0  # the reply's total, for callers that read one limit
+    assert llm["tool_choice"] == "required" and llm["structured_output"] == "json_object"
+    assert llm["prices"] == {"input_per_mtok": 0.5, "output_per_mtok": 1.5}
+    assert llm_limits(llm=llm, kind="learner_update") == llm["timing"]["learner_update"]
+
+
+def test_a_kinds_total_is_the_default_of_its_first_token_limit(tmp_path):
+    block = "    llm:\n      model: m\n      timeouts: {opening: {timeout_s: 200}}"
+    timing = study_file_read(write_study(tmp_path, with_chat_llm(block))).spec["arms"][1]["llm"]["timing"]
+    assert timing["opening"] == {"timeout_s": 200.0, "ttft_s": 200.0, "idle_s": 30.0}
+    assert timing["reply"] == {"timeout_s": 120.0, "ttft_s": 120.0, "idle_s": 30.0}
+
+
+def test_an_idle_default_longer_than_a_short_total_is_cut_to_it(tmp_path):
+    block = "    llm: {model: m, timeout_s: 15}"
+    timing = study_file_read(write_study(tmp_path, with_chat_llm(block))).spec["arms"][1]["llm"]["timing"]
+    assert timing["reply"] == {"timeout_s": 15.0, "ttft_s": 15.0, "idle_s": 15.0}
+
+
+def test_a_spec_normalised_before_the_limits_existed_reads_its_one_timeout_for_every_kind():
+    old = {"model": "m", "timeout_s": 15.0}
+    assert llm_limits(llm=old, kind="meeting_note") == {"timeout_s": 15.0, "ttft_s": 15.0, "idle_s": 15.0}
+    with pytest.raises(ValueError):
+        llm_limits(llm=old, kind="lunch")
+
+
+def test_timeouts_up_to_the_maximum_are_accepted_and_beyond_refused_with_their_lines(tmp_path):
+    assert LLM_TIMEOUT_MAX_S >= 300  # the issue's floor: reasoning models take minutes
+    ok = with_chat_llm(f"    llm: {{model: m, timeout_s: {LLM_TIMEOUT_MAX_S}}}")
+    assert study_file_read(write_study(tmp_path / "ok", ok)).spec["arms"][1]["llm"]["timeout_s"] == LLM_TIMEOUT_MAX_S
+    text = with_chat_llm(
+        "    llm:\n      model: m\n      timeout_s: 601\n      timeouts:\n        reply: {idle_s: 0}\n"
+        "        lunch: {timeout_s: 5}"
+    )
+    errors = errors_of(write_study(tmp_path / "bad", text))
+    assert errors == [
+        SpecError("arms[1].llm.timeout_s", f"must be at most {LLM_TIMEOUT_MAX_S}", "study.yaml", line_of(text, "timeout_s: 601")),
+        SpecError("arms[1].llm.timeouts.reply.idle_s", "must be greater than 0", "study.yaml", line_of(text, "reply:")),
+        SpecError("arms[1].llm.timeouts.lunch", "unknown key", "study.yaml", line_of(text, "lunch:")),
+    ]
+
+
+def test_a_first_token_or_idle_limit_past_its_total_is_refused_with_its_line(tmp_path):
+    text = with_chat_llm(
+        "    llm:\n      model: m\n      timeout_s: 60\n      ttft_s: 90\n"
+        "      timeouts:\n        opening:\n          timeout_s: 20\n          idle_s: 25"
+    )
+    errors = errors_of(write_study(tmp_path, text))
+    assert errors == [
+        SpecError("arms[1].llm.ttft_s", "must be at most the total timeout_s (60 s)", "study.yaml",
+                  line_of(text, "ttft_s: 90")),
+        SpecError("arms[1].llm.timeouts.opening.idle_s", "must be at most the total timeout_s (20 s)", "study.yaml",
+                  line_of(text, "idle_s: 25")),
+    ]
+
+
+def test_strategies_must_be_known_and_prices_need_both_keys(tmp_path):
+    text = with_chat_llm(
+        "    llm:\n      model: m\n      tool_choice: always\n      structured_output: xml\n"
+        "      prices: {input_per_mtok: 1}"
+    )
+    errors = errors_of(write_study(tmp_path, text))
+    assert errors == [
+        SpecError("arms[1].llm.tool_choice", "must be one of: auto, required, none", "study.yaml",
+                  line_of(text, "tool_choice:")),
+        SpecError("arms[1].llm.structured_output", "must be one of: json_schema, json_object, instructions",
+                  "study.yaml", line_of(text, "structured_output:")),
+        SpecError("arms[1].llm.prices.output_per_mtok", "is required", "study.yaml", line_of(text, "prices:")),
+    ]
+
+
+def test_free_prices_are_zero_not_unknown(tmp_path):
+    block = "    llm: {model: m, prices: {input_per_mtok: 0, output_per_mtok: 0}}"
+    llm = study_file_read(write_study(tmp_path, with_chat_llm(block))).spec["arms"][1]["llm"]
+    assert llm["prices"] == {"input_per_mtok": 0.0, "output_per_mtok": 0.0}

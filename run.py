@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -37,6 +38,8 @@ DEPS_STAMP = VENV / ".teachback-deps"
 PYPROJECT = ROOT / "pyproject.toml"
 VAR = ROOT / "var"
 LOGS = VAR / "log"
+DEMO_LLM_FILE = VAR / "demo-llm.json"
+LLM_ENV_PREFIXES = ("LLM_", "ANTHROPIC_")
 
 EXAMPLE_STUDY = "studies/examples/loan-approval"
 EXAMPLE_SLUG = "loan-approval"
@@ -497,6 +500,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         (VAR / "demo-redis-url").write_text(env["REDIS_URL"] + "\n")
         if not llm_configured():
             env["SCRIPTED_LLM_URL"] = start_scripted_llm(children, env)
+        record_demo_llm(env)
         researcher_ready = prepare_database(env, port)
         start_app(children, env, port)
         print_banner(port, researcher_ready)
@@ -516,13 +520,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_manage(args: argparse.Namespace) -> int:
-    """Run a manage.py command against the demo's database and Redis (e.g. study_bots)."""
+    """Run a manage.py command against the demo's database, Redis and LLM settings (e.g. study_bots)."""
     ensure_venv(extras=[])
     VAR.mkdir(exist_ok=True)
-    env = demo_env(0)
     redis_file = VAR / "demo-redis-url"
-    env["REDIS_URL"] = redis_file.read_text().strip() if redis_file.exists() else LOCAL_DEMO_REDIS
+    redis_url = redis_file.read_text().strip() if redis_file.exists() else LOCAL_DEMO_REDIS
+    env = manage_env(demo_env(0), recorded_llm=read_demo_llm(), caller=os.environ, redis_url=redis_url)
     return subprocess.run([str(PYTHON), "manage.py", *args.pytest_args], cwd=ROOT, env=env).returncode
+
+
+def llm_settings(env: dict[str, str]) -> dict[str, str]:
+    """Return the variables that choose the LLM: `LLM_*`, `ANTHROPIC_*` and the scripted model's URL."""
+    return {k: v for k, v in env.items() if k.startswith(LLM_ENV_PREFIXES) or k == "SCRIPTED_LLM_URL"}
+
+
+def record_demo_llm(env: dict[str, str]) -> None:
+    """Write the demo's LLM settings to var/ for `run.py manage`; owner-only, as they may hold an API key."""
+    DEMO_LLM_FILE.unlink(missing_ok=True)
+    fd = os.open(DEMO_LLM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(llm_settings(env), f, indent=1, sort_keys=True)
+    # Names only: a value may be an API key.
+    say(f"LLM settings for `run.py manage` in var/{DEMO_LLM_FILE.name}: "
+        + (", ".join(sorted(llm_settings(env))) or "none"))
+
+
+def read_demo_llm() -> dict[str, str]:
+    """Return the LLM settings the demo recorded, or none if it never ran."""
+    try:
+        return {str(k): str(v) for k, v in json.loads(DEMO_LLM_FILE.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def manage_env(base: dict[str, str], *, recorded_llm: dict[str, str], caller: dict[str, str],
+               redis_url: str) -> dict[str, str]:
+    """Return the environment of `run.py manage`: the demo's, with the LLM settings it ran with.
+
+    A variable set in the caller's environment wins over the recorded one, even when empty.
+    """
+    env = dict(base)
+    env.update(llm_settings(recorded_llm))
+    env.update(llm_settings(caller))
+    env["REDIS_URL"] = redis_url
+    return env
 
 
 # --------------------------------------------------------------------------- test

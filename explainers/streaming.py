@@ -18,12 +18,17 @@ BACKLOG_TTL_S = 3600
 DELTA_FLUSH_S = 0.1
 
 
+def redis_key(*parts) -> str:
+    """A Redis key or pub/sub channel name in this deployment's namespace (`settings.REDIS_NAMESPACE`)."""
+    return ":".join([settings.REDIS_NAMESPACE, *map(str, parts)])
+
+
 def _channel(turn_id: int) -> str:
-    return f"teachback:turn:{turn_id}:events"
+    return redis_key("turn", turn_id, "events")
 
 
 def _backlog(turn_id: int) -> str:
-    return f"teachback:turn:{turn_id}:backlog"
+    return redis_key("turn", turn_id, "backlog")
 
 
 @lru_cache(maxsize=1)

@@ -213,6 +213,8 @@ def app_process_env(fake_llm) -> dict:
         **os.environ,
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
         "REDIS_URL": django_settings.REDIS_URL,
+        # The default namespace hashes the database name, and pytest-django renamed it (test_...).
+        "REDIS_NAMESPACE": django_settings.REDIS_NAMESPACE,
         "SCRIPTED_LLM_URL": fake_llm.url,
         "LLM_BASE_URL": "",
         "LLM_API_KEY": "",

@@ -18,7 +18,7 @@ from explainers.services import ArmUnavailable, LimitReached, TurnInFlight
 from explainers.streaming import stream_follow
 
 from . import services
-from .chat_display import limit_message, reply_html, usage_view
+from .chat_display import failed_view, limit_message, reply_html, usage_view
 from .models import Participant, Step
 from .selectors import participant_chat_turn, participant_get_by_token
 from .views import _session_key, participant_page
@@ -50,8 +50,12 @@ def chat_send(request: HttpRequest, participant: Participant) -> HttpResponse:
 @require_POST
 @participant_page(Step.EXPLANATION)
 def chat_retry(request: HttpRequest, participant: Participant, turn_id: int) -> HttpResponse:
+    """Ask again for a failed reply: `mode=again` (the default) afresh, `mode=continue` on from the cut-off text."""
+    mode = request.POST.get("mode", "") or "again"
+    if mode not in services.CHAT_RETRY_MODES:
+        return JsonResponse({"error": "mode"}, status=400)
     try:
-        turn = services.chat_retry(participant_id=participant.pk, turn_id=turn_id)
+        turn = services.chat_retry(participant_id=participant.pk, turn_id=turn_id, mode=mode)
     except Turn.DoesNotExist:
         return JsonResponse({"error": "not_found"}, status=404)
     return JsonResponse({"turn": turn.id, "status": turn.status}, status=202)
@@ -83,7 +87,7 @@ def _final_event_text(turn_id: int) -> str | None:
     if turn.status == Turn.Status.ANSWERED:
         return _event("done", {"html": reply_html(turn.reply.text), "usage": usage_view(turn.conversation)})
     if turn.status == Turn.Status.FAILED:
-        return _event("failed", {"error": turn.error_kind, "usage": usage_view(turn.conversation)})
+        return _event("failed", {**failed_view(turn), "usage": usage_view(turn.conversation)})
     return None
 
 

@@ -21,7 +21,7 @@ from studies.scoring import AnswerInvalid
 from studies.selectors import entry_link_kind, study_asset_get
 
 from . import services
-from .chat_display import reply_html, usage_view
+from .chat_display import reply_html, transcript_view, usage_view
 from .markdown import reading_minutes, render_markdown
 from .models import STEP_ORDER, Participant, Step
 from .selectors import completion_url, participant_current_item, participant_get_by_token
@@ -283,21 +283,9 @@ def _chat_context(participant: Participant) -> dict | None:
         conversation = services.chat_conversation(participant_id=participant.pk)
     except ArmUnavailable:
         return None
-    turns = []
-    pending = None
-    for turn in conversation_transcript(conversation=conversation):
-        is_explainer = turn.author == Turn.Author.EXPLAINER
-        if turn.status == Turn.Status.PENDING:
-            pending = turn.id
-        if is_explainer and turn.status != Turn.Status.COMPLETE:
-            continue  # an agentic opening still being written (followed live) or given up (the participant may write)
-        turns.append({
-            "id": turn.id, "author": turn.author, "status": turn.status,
-            "html": reply_html(turn.text) if is_explainer else "", "text": turn.text,
-        })
     slug = participant.study.slug
     return {
-        "turns": turns, "pending": pending, "scripted": conversation.scripted,
+        **transcript_view(conversation_transcript(conversation=conversation)), "scripted": conversation.scripted,
         "usage": usage_view(conversation), "max_chars": settings.CHAT_MESSAGE_MAX_CHARS,
         "send_url": reverse("participants:chat_send", kwargs={"slug": slug}),
         "events_url": reverse("participants:chat_events", kwargs={"slug": slug, "turn_id": 0}),

@@ -45,6 +45,7 @@
       limits.textContent = parts.join(" · ");
       textarea.disabled = ended;
       button.disabled = ended || busy;
+      section.querySelectorAll("[data-retry-mode]").forEach(function (b) { b.disabled = ended || busy; });
     }
 
     function applyUsage(usage) {
@@ -63,53 +64,157 @@
       return li;
     }
 
-    function markFailed(turnId) {
-      var li = transcript.querySelector('li.participant[data-turn="' + turnId + '"]');
-      if (!li || li.querySelector(".retry")) { return; }
-      li.setAttribute("data-status", "failed");
-      var note = document.createElement("span");
-      note.className = "retry";
-      note.textContent = msg("failed") + " ";
-      var again = document.createElement("button");
-      again.type = "button";
-      again.textContent = msg("send-again");
-      again.addEventListener("click", function () {
-        note.remove();
-        li.setAttribute("data-status", "pending");
-        post(url("retry", turnId), new FormData(form)).then(function () { follow(turnId); })
-          .catch(function () { markFailed(turnId); });
-      });
-      note.appendChild(again);
-      li.appendChild(note);
+    var thinkingBox = section.querySelector("[data-thinking]");
+    var thinkingTimer = null;
+    var THINKING_AFTER_S = 5;
+
+    // While no word of the reply has come: after a few seconds, say so, with the time waited.
+    function thinkingStart(waitedS) {
+      thinkingStop();
+      var since = Date.now() - (waitedS || 0) * 1000;
+      var tick = function () {
+        var seconds = Math.floor((Date.now() - since) / 1000);
+        if (seconds < THINKING_AFTER_S) { return; }
+        thinkingBox.textContent = msg("thinking").replace("{seconds}", String(seconds));
+        thinkingBox.hidden = false;
+      };
+      tick();
+      thinkingTimer = window.setInterval(tick, 1000);
     }
 
-    function follow(turnId) {
+    function thinkingStop() {
+      if (thinkingTimer !== null) { window.clearInterval(thinkingTimer); thinkingTimer = null; }
+      thinkingBox.hidden = true;
+      thinkingBox.textContent = "";
+    }
+
+    function participantItem(turnId) {
+      return transcript.querySelector('li.participant[data-turn="' + turnId + '"]');
+    }
+
+    // A note with the buttons that ask for the reply again: "again" afresh, "continue" on from the kept text.
+    function retryBox(host, turnId, note, keptChars) {
+      if (host.querySelector(".retry")) { return; }
+      var box = document.createElement("span");
+      box.className = "retry";
+      box.setAttribute("data-retry", "");
+      var text = document.createElement("span");
+      text.className = "retry-note";
+      text.textContent = note;
+      box.appendChild(text);
+      var button = function (label, mode) {
+        var b = document.createElement("button");
+        b.type = "button";
+        b.textContent = label;
+        b.setAttribute("data-retry-mode", mode);
+        b.disabled = ended || busy;
+        b.addEventListener("click", function () { retry(turnId, mode, keptChars || 0); });
+        box.appendChild(b);
+      };
+      if (keptChars !== null && keptChars !== undefined) { button(msg("continue"), "continue"); }
+      button(msg("send-again"), "again");
+      host.appendChild(box);
+    }
+
+    function markFailed(turnId) {
+      var li = participantItem(turnId);
+      if (!li) { return; }
+      li.setAttribute("data-status", "failed");
+      retryBox(li, turnId, msg("failed"));
+    }
+
+    // A reply that failed after some of it was shown (kept, marked cut off), or an opening that never started.
+    function markReplyFailed(reply, turnId, failure) {
+      var li = participantItem(turnId);
+      if (li) { li.setAttribute("data-status", "failed"); }
+      reply.setAttribute("data-status", "failed");
+      if (failure.opening) { reply.setAttribute("data-opening", ""); }
+      if (failure.cut_off) {
+        reply.innerHTML = failure.html;  // sanitised on the server
+        reply.setAttribute("data-cut-off", "");
+        reply.setAttribute("data-kept-chars", String(failure.kept_chars || 0));
+        retryBox(reply, turnId, msg("cut-off"), failure.kept_chars || 0);
+      } else {
+        reply.textContent = "";
+        retryBox(reply, turnId, msg("no-start"));
+      }
+    }
+
+    function retry(turnId, mode, keptChars) {
+      if (busy) { return; }
       busy = true;
       render();
       var reply = transcript.querySelector('li.explainer[data-reply-to="' + turnId + '"]');
+      var box = section.querySelector('[data-reply-to="' + turnId + '"] .retry, li.participant[data-turn="' + turnId + '"] .retry');
+      if (box) { box.remove(); }
+      var body = new FormData();
+      body.append("mode", mode);
+      var again = function () { follow(turnId, { keptChars: mode === "continue" ? keptChars : 0 }); };
+      post(url("retry", turnId), body).then(again).catch(function (error) {
+        // Already asked again (a second click, a lost response): the stream tells how it stands.
+        if (error.data && error.data.error === "not_found") { again(); return; }
+        busy = false;
+        render();
+        showError(error.message || msg("error"));
+        if (reply && reply.hasAttribute("data-status")) {
+          markReplyFailed(reply, turnId, {
+            cut_off: reply.hasAttribute("data-cut-off"), opening: reply.hasAttribute("data-opening"),
+            html: reply.innerHTML, kept_chars: keptChars
+          });
+        } else {
+          markFailed(turnId);
+        }
+      });
+    }
+
+    function follow(turnId, options) {
+      options = options || {};
+      busy = true;
+      render();
+      var li = participantItem(turnId);
+      if (li) { li.setAttribute("data-status", "pending"); }
+      var reply = transcript.querySelector('li.explainer[data-reply-to="' + turnId + '"]');
       if (!reply) { reply = item("explainer"); reply.setAttribute("data-reply-to", turnId); }
+      ["data-status", "data-cut-off", "data-kept-chars"].forEach(function (name) { reply.removeAttribute(name); });
       reply.textContent = "";
+      // A continuation replays the kept text first: only what goes beyond it is news.
+      var kept = options.keptChars || 0;
+      thinkingStart(options.waitedS || 0);
       var source = new EventSource(url("events", turnId));
-      var finish = function () { source.close(); busy = false; render(); };
+      var finish = function () { source.close(); thinkingStop(); busy = false; render(); };
       // Every connection (the first, or EventSource's own reconnect after a drop) replays the reply from its start.
       source.addEventListener("open", function () { reply.textContent = ""; });
-      source.addEventListener("delta", function (e) { reply.textContent += JSON.parse(e.data).text; transcript.scrollTop = transcript.scrollHeight; });
+      source.addEventListener("delta", function (e) {
+        reply.textContent += JSON.parse(e.data).text;
+        if (reply.textContent.length > kept) { thinkingStop(); }
+        transcript.scrollTop = transcript.scrollHeight;
+      });
       source.addEventListener("reset", function () { reply.textContent = ""; });
       source.addEventListener("retrying", function () { showError(msg("retrying")); });
       source.addEventListener("done", function (e) {
         var data = JSON.parse(e.data);
         reply.innerHTML = data.html;  // sanitised on the server
+        if (li) { li.setAttribute("data-status", "answered"); }
         showError("");
         finish();
         applyUsage(data.usage);
       });
       source.addEventListener("failed", function (e) {
         var data = JSON.parse(e.data);
-        reply.remove();
         showError("");
         finish();
-        markFailed(turnId);
+        if (data.cut_off || data.opening) {
+          markReplyFailed(reply, turnId, data);
+        } else {
+          reply.remove();
+          markFailed(turnId);
+        }
         applyUsage(data.usage);
+      });
+      source.addEventListener("error", function () {
+        if (source.readyState !== EventSource.CLOSED) { return; }  // reconnecting on its own
+        finish();  // the stream was refused: do not leave the send box locked
+        if (li) { reply.remove(); markFailed(turnId); } else { markReplyFailed(reply, turnId, { opening: true }); }
       });
     }
 
@@ -146,11 +251,27 @@
       });
     });
 
+    transcript.querySelectorAll('li.explainer[data-status="failed"][data-reply-to]').forEach(function (reply) {
+      var turnId = reply.getAttribute("data-reply-to");
+      if (reply.hasAttribute("data-cut-off")) {
+        retryBox(reply, turnId, msg("cut-off"), parseInt(reply.getAttribute("data-kept-chars"), 10) || 0);
+      } else {
+        retryBox(reply, turnId, msg("no-start"));
+      }
+    });
     transcript.querySelectorAll('li.participant[data-status="failed"]').forEach(function (li) {
-      markFailed(li.getAttribute("data-turn"));
+      var turnId = li.getAttribute("data-turn");
+      if (transcript.querySelector('li.explainer[data-reply-to="' + turnId + '"]')) { return; }  // cut off: its reply has the buttons
+      markFailed(turnId);
     });
     var pending = section.getAttribute("data-pending");
-    if (pending) { follow(pending); }  // a reload mid-stream picks the stream up again
+    // A reload mid-stream picks the stream up again, still counting the time waited.
+    if (pending) {
+      follow(pending, {
+        waitedS: parseInt(section.getAttribute("data-waited-s"), 10) || 0,
+        keptChars: parseInt(section.getAttribute("data-kept-chars"), 10) || 0
+      });
+    }
 
     if (secondsLeft !== "") {
       window.setInterval(function () {

@@ -458,3 +458,135 @@ def test_the_end_of_chat_message_in_the_stream_is_in_the_participants_language(c
     assert events[0][1]["usage"]["message"] == "本次对话的消息数已用完。请继续。"
     refused = _send(client, version, "再问？", nonce="m")
     assert refused.status_code == 409 and refused.json()["message"] == "本次对话的消息数已用完。请继续。"
+
+
+# --- cut-off replies and asking again -----------------------------------------------------------------
+
+CUT = " ".join(f"Income{n} comes first, then the debt ratio." for n in range(10))
+
+
+def _cut_off_turn(client, version, fake_llm) -> Turn:
+    """Send a message whose reply streams half and then loses its connection."""
+    fake_llm.queue({"fail": "drop", "reply": CUT})
+    turn_id = _send(client, version, "What comes first?", nonce="cut").json()["turn"]
+    assert explainer_services.reply_generate(turn_id=turn_id).state == "failed"
+    turn = Turn.objects.get(pk=turn_id)
+    assert turn.cut_off and CUT.startswith(turn.shown_text) and 0 < len(turn.shown_text) < len(CUT)
+    return turn
+
+
+def test_a_cut_off_reply_is_sent_and_rendered_with_the_text_shown_and_continue_completes_it(chat_client, fake_llm):
+    version, client, _ = chat_client()
+    turn = _cut_off_turn(client, version, fake_llm)
+    shown = turn.shown_text
+
+    (kind, data), = _parse_events(_events(client, version, turn.pk))
+    assert kind == "failed" and data["cut_off"] is True and data["opening"] is False
+    assert data["kept_chars"] == len(shown)
+    assert re.sub(r"<[^>]+>", "", data["html"]).strip() == shown.strip()  # sanitised Markdown of what was seen
+    assert data["usage"]["turns_left"] == 20  # a cut-off reply uses no message
+
+    section = _chat_section(client.get(_urls(version)["page"]).content.decode())
+    kept = re.search(rf'<li class="turn explainer" data-reply-to="{turn.pk}" data-status="failed" data-cut-off '
+                     rf'data-kept-chars="{len(shown)}">(.*?)</li>', section, re.S)
+    assert kept, section
+    assert re.sub(r"<[^>]+>", "", kept.group(1)).strip() == shown.strip()
+    assert _attr(section, "data-pending") == ""
+
+    fake_llm.queue({"reply": " And that is all."})
+    response = client.post(_urls(version)["retry"](turn.pk), {"mode": "continue"})
+    assert response.status_code == 202 and response.json()["status"] == "pending"
+    turn.refresh_from_db()
+    assert turn.status == Turn.Status.PENDING and turn.shown_text == shown  # kept while it continues
+    section = _chat_section(client.get(_urls(version)["page"]).content.decode())
+    assert _attr(section, "data-pending") == str(turn.pk) and _attr(section, "data-kept-chars") == str(len(shown))
+    _answer(turn.pk)
+    assert fake_llm.requests()[-1]["body"]["messages"][-2] == {"role": "assistant", "content": shown}
+    reply = Turn.objects.get(reply_to_id=turn.pk)
+    assert reply.text == shown + " And that is all."
+    (kind, data), = _parse_events(_events(client, version, turn.pk))
+    assert kind == "done" and "And that is all." in data["html"]
+    section = _chat_section(client.get(_urls(version)["page"]).content.decode())
+    assert "data-cut-off" not in section and f'data-turn="{reply.pk}"' in section
+
+
+def test_send_again_after_a_cut_off_drops_the_text_shown_and_asks_afresh(chat_client, fake_llm):
+    version, client, _ = chat_client()
+    turn = _cut_off_turn(client, version, fake_llm)
+    fake_llm.queue({"reply": "A fresh answer."})
+    assert client.post(_urls(version)["retry"](turn.pk), {"mode": "again"}).status_code == 202
+    turn.refresh_from_db()
+    assert turn.status == Turn.Status.PENDING and turn.shown_text == ""
+    _answer(turn.pk)
+    assert Turn.objects.get(reply_to_id=turn.pk).text == "A fresh answer."
+    assert not any(m["role"] == "assistant" and m["content"].startswith("Income0")
+                   for m in fake_llm.requests()[-1]["body"]["messages"])
+
+
+def test_send_again_without_a_mode_is_again_and_a_failure_without_text_is_not_cut_off(chat_client, fake_llm):
+    version, client, _ = chat_client()
+    fake_llm.queue({"fail": "401"})
+    turn = _send(client, version, "Why?", nonce="n").json()["turn"]
+    assert explainer_services.reply_generate(turn_id=turn).state == "failed"
+    (kind, data), = _parse_events(_events(client, version, turn))
+    assert kind == "failed" and data["cut_off"] is False and data["html"] == "" and data["opening"] is False
+    section = _chat_section(client.get(_urls(version)["page"]).content.decode())
+    assert f'data-turn="{turn}" data-status="failed"' in section and "data-reply-to" not in section
+    assert client.post(_urls(version)["retry"](turn)).status_code == 202
+    assert Turn.objects.get(pk=turn).status == Turn.Status.PENDING
+
+
+@pytest.mark.parametrize("mode", ["sideways", "AGAIN", "continue "])
+def test_a_retry_with_an_unknown_mode_is_400_and_changes_nothing(chat_client, fake_llm, mode):
+    version, client, _ = chat_client()
+    turn = _cut_off_turn(client, version, fake_llm)
+    response = client.post(_urls(version)["retry"](turn.pk), {"mode": mode})
+    assert response.status_code == 400 and response.json()["error"] == "mode"
+    assert Turn.objects.get(pk=turn.pk).cut_off  # still failed, text kept
+
+
+def test_a_retry_is_404_unless_it_is_the_participants_own_failed_turn(chat_client, fake_llm, enter, step_through):
+    version, client, _ = chat_client()
+    turn = _cut_off_turn(client, version, fake_llm)
+    urls = _urls(version)
+
+    stranger, _ = enter(version, pid="PID0000000000000000000004")  # another participant, in the chat too
+    step_through(stranger, version, times=1 + 5)
+    assert Participant.objects.get(token=_token(stranger, version)).step == Step.EXPLANATION
+    for mode in ("continue", "again"):
+        assert stranger.post(urls["retry"](turn.pk), {"mode": mode}).status_code == 404
+    assert Turn.objects.get(pk=turn.pk).cut_off
+
+    fake_llm.queue({"reply": "Fine."})
+    answered = _send(client, version, "And then?", nonce="n2").json()["turn"]
+    _answer(answered)
+    reply = Turn.objects.get(reply_to_id=answered)
+    for turn_id in (answered, reply.pk, reply.pk + 1000):  # answered, the explainer's reply, no such turn
+        assert client.post(urls["retry"](turn_id), {"mode": "again"}).status_code == 404, turn_id
+    assert Turn.objects.get(pk=answered).status == Turn.Status.ANSWERED
+    assert client.post(urls["retry"](turn.pk), {"mode": "again"}).status_code == 202  # its own failed turn
+
+
+def test_a_failed_opening_of_the_agentic_arm_is_shown_and_can_be_asked_again(launch, fake_llm, enter, step_through):
+    from agentic_support import agentic_arms, run
+
+    version = launch(lambda data: agentic_arms(data, arms={"full": {}}))
+    client, _ = enter(version, pid=PID)
+    step_through(client, version, times=1 + 5)
+    fake_llm.set_behaviour(fail="401")  # every call of the opening fails for good
+    client.get(_urls(version)["page"])  # starts the conversation: the explainer speaks first
+    opening = Turn.objects.get(author=Turn.Author.EXPLAINER, reply_to__isnull=True)
+    assert run(opening.pk) == "failed"
+
+    (kind, data), = _parse_events(_events(client, version, opening.pk))
+    assert kind == "failed" and data["opening"] is True and data["cut_off"] is False
+    section = _chat_section(client.get(_urls(version)["page"]).content.decode())
+    assert f'<li class="turn explainer" data-reply-to="{opening.pk}" data-status="failed" data-opening>' in section
+    assert _attr(section, "data-msg-no-start") == "The explainer could not start."
+
+    fake_llm.set_behaviour(fail=None)
+    assert client.post(_urls(version)["retry"](opening.pk), {"mode": "continue"}).status_code == 202
+    run(opening.pk)
+    assert Turn.objects.get(pk=opening.pk).status == Turn.Status.COMPLETE
+    section = _chat_section(client.get(_urls(version)["page"]).content.decode())
+    assert "data-opening" not in section and f'data-turn="{opening.pk}" data-status="complete"' in section

@@ -4,6 +4,7 @@ real Celery worker answering from the fake language-model server.
 Server-sent events need an ASGI server, so the app runs as `uvicorn config.asgi:application` in a subprocess
 on the test database (the `asgi_server` fixture of tests/conftest.py).
 """
+import re
 import time
 import uuid
 
@@ -148,3 +149,141 @@ def test_a_reply_streams_survives_a_reload_and_the_page_matches_the_database(
     context.close()
     assert worker.process.poll() is None
     assert time.monotonic() - started < 60
+
+
+# --- cut-off and slow replies ----------------------------------------------------------------------
+
+SHOTS = ARTIFACTS / "chat"
+CONTINUATION = " That is the whole rule: income first, then the debt ratio."
+
+
+def _watch(page) -> dict:
+    """Collect what the page must not show: CSP refusals, console errors, script errors, failed requests."""
+    seen = {"console": [], "errors": [], "failed": []}
+    page.on("console", lambda m: seen["console"].append((m.type, m.text, m.location.get("url", ""))))
+    page.on("pageerror", lambda error: seen["errors"].append(str(error)))
+    page.on("response", lambda r: seen["failed"].append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    return seen
+
+
+def _assert_clean(seen) -> None:
+    csp = [text for _kind, text, _url in seen["console"] if any(marker in text for marker in CSP_MARKERS)]
+    assert not csp, csp
+    assert not seen["failed"], seen["failed"]
+    console_errors = [(t, u) for kind, t, u in seen["console"] if kind == "error" and not u.endswith("/favicon.ico")]
+    assert not console_errors, console_errors
+    assert not seen["errors"], seen["errors"]
+
+
+def _enter_chat(page, base_url: str, version, query: str = "") -> Participant:
+    pid = uuid.uuid4().hex[:24]
+    page.goto(f"{base_url}/s/{version.study.slug}/?PROLIFIC_PID={pid}&STUDY_ID=s&SESSION_ID=x{query}")
+    with page.expect_navigation():
+        page.locator("button[name=choice][value=accept]").click()
+    _answer_pre_test(page)
+    assert page.locator("body").get_attribute("data-page") == "explanation", (page.url, page.content()[:2000])
+    return Participant.objects.get(study=version.study)
+
+
+def _fits(page, width: int) -> None:
+    """Nothing wider than the phone's screen: no sideways scrolling."""
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+
+
+def test_a_half_streamed_reply_is_kept_marked_cut_off_survives_a_reload_and_continue_completes_it(
+    browser, asgi_server, celery_worker_factory, fake_llm, launch
+):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    version = launch(chat_only)
+    worker = celery_worker_factory(concurrency=4)
+    # The first attempt streams half of REPLY and loses its connection; the next request continues it.
+    fake_llm.queue({"fail": "drop", "reply": REPLY, "ttft_s": 0.2, "latency_s": 2},
+                   {"reply": CONTINUATION, "ttft_s": 0.2, "latency_s": 1})
+    context = browser.new_context(viewport={"width": 375, "height": 800})  # a phone
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    seen = _watch(page)
+    _enter_chat(page, asgi_server, version)
+
+    page.locator("#chat-text").fill("How does the model decide?")
+    page.locator("[data-chat-send]").click()
+    kept = page.locator("li.turn.explainer[data-cut-off]")
+    kept.locator("[data-retry-mode=continue]").wait_for()
+    turn = Turn.objects.get(author=Turn.Author.PARTICIPANT)
+    assert turn.status == Turn.Status.FAILED and turn.cut_off and REPLY.startswith(turn.shown_text)
+    assert 0 < len(turn.shown_text) < len(REPLY)
+
+    def shows_the_kept_text():
+        assert kept.count() == 1
+        assert kept.get_attribute("data-reply-to") == str(turn.pk)
+        assert _words(kept.locator("p").first.inner_text()) == _words(turn.shown_text)
+        assert kept.locator(".retry-note").inner_text() == "This answer was cut off."
+        assert kept.locator("[data-retry-mode=continue]").inner_text() == "Continue"
+        assert kept.locator("[data-retry-mode=again]").inner_text() == "Send again"
+        assert not page.locator("li.turn.participant .retry").count()  # one set of buttons, on the reply
+        assert page.locator("[data-chat-send]").is_enabled()  # the chat is not stuck
+        assert page.locator("[data-thinking]").is_hidden()
+        _fits(page, 375)
+
+    shows_the_kept_text()
+    _shot(page, "chat/cut-off.png")
+    page.reload()  # the same, rendered by the server from the database
+    shows_the_kept_text()
+    assert page.locator("li.turn.participant").get_attribute("data-status") == "failed"
+    _shot(page, "chat/cut-off-after-reload.png")
+
+    kept.locator("[data-retry-mode=continue]").click()
+    reply = page.locator(f'li.turn.explainer[data-reply-to="{turn.pk}"]')
+    page.wait_for_function(
+        "() => { const r = document.querySelector('li.turn.explainer'); return r && !r.hasAttribute('data-status') "
+        "&& r.querySelector('p') && !document.querySelector('[data-chat-send]').disabled; }"
+    )  # the final HTML of the whole reply
+    full = Turn.objects.get(reply_to_id=turn.pk)
+    assert full.text == turn.shown_text + CONTINUATION
+    assert _words(reply.inner_text()) == _words(full.text)
+    assert not page.locator("[data-retry], [data-cut-off]").count()
+    assert page.locator("li.turn.participant").get_attribute("data-status") == "answered"
+    _fits(page, 375)
+    _shot(page, "chat/continued.png")
+    page.reload()
+    assert _words(page.locator("li.turn.explainer").inner_text()) == _words(full.text)
+    assert not page.locator("[data-retry], [data-cut-off]").count()
+    assert page.locator("[data-limits]").inner_text().startswith("Messages left: 19")  # the cut-off used none
+    _assert_clean(seen)
+    context.close()
+    assert worker.process.poll() is None
+
+
+def test_still_thinking_with_the_seconds_waited_shows_while_the_model_is_slow_to_start(
+    browser, asgi_server, celery_worker_factory, fake_llm, launch
+):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    version = launch(chat_only)
+    celery_worker_factory(concurrency=4)
+    fake_llm.set_behaviour(reply="Income comes first.", ttft_s=8)
+    context = browser.new_context(viewport={"width": 375, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    seen = _watch(page)
+    _enter_chat(page, asgi_server, version, query="&lang=zh-hans")  # in the page's language
+
+    page.locator("#chat-text").fill("模型先看什么？")
+    page.locator("[data-chat-send]").click()
+    thinking = page.locator("[data-thinking]")
+    thinking.wait_for(state="visible")
+    pattern = re.compile(r"^仍在思考…… 已 (\d+) 秒$")
+    first = pattern.match(thinking.inner_text())
+    assert first and int(first.group(1)) >= 5, thinking.inner_text()  # not before five seconds
+    assert not page.locator("li.turn.explainer").inner_text().strip()  # no word yet
+    page.wait_for_function(  # counted up, once a second
+        "(n) => { const m = /(\\d+)/.exec(document.querySelector('[data-thinking]').textContent); return m && +m[1] > n; }",
+        arg=int(first.group(1)),
+    )
+    _fits(page, 375)
+    _shot(page, "chat/still-thinking.png")
+    page.wait_for_function("() => document.querySelector('li.turn.explainer p')")  # the answer came
+    assert thinking.is_hidden() and not thinking.inner_text()
+    assert _words(page.locator("li.turn.explainer").inner_text()) == "Income comes first."
+    assert Turn.objects.get(author=Turn.Author.PARTICIPANT).status == Turn.Status.ANSWERED
+    _assert_clean(seen)
+    context.close()

@@ -136,6 +136,10 @@ def _tables() -> tuple[Table, ...]:
                "was right."),
             _c("tool_calls", "string", "Agentic explainer turns: JSON list of the target tools called (name, "
                "arguments, result, refused)."),
+            _c("shown_text", "string", "A turn whose reply failed after part of it had streamed (the participant's "
+               "turn, or an explainer's opening): the text the participant saw before it stopped; empty otherwise."),
+            _c("cut_off", "boolean", "True when the reply failed after some of its text was shown (status `failed` "
+               "and shown_text not empty): the participant kept that text, marked as cut off.", nullable=False),
         ), row="chat turn"),
         Table("llm_calls", "One row per provider request (each attempt, retry and purpose is its own row).", (
             VERSION, PSEUDONYM, TURN_ID,
@@ -148,6 +152,8 @@ def _tables() -> tuple[Table, ...]:
             _c("model_reported", "string", "Model the provider reported having used."),
             _c("scripted", "boolean", "True for the scripted demo model.", nullable=False),
             _c("error_kind", "string", "Error class of a failed attempt."),
+            _c("error", "string", "Error text of a failed attempt as the provider or the client reported it, cut "
+               "to its first 500 characters; empty when the attempt did not fail."),
             _c("http_status", "integer", "HTTP status of a failed attempt."),
             _c("retry_after_s", "number", "Retry-After the provider asked for.", unit="s"),
             _c("started_at", "datetime", "When the request was sent.", unit=_TS, nullable=False),
@@ -155,7 +161,17 @@ def _tables() -> tuple[Table, ...]:
             _c("latency_ms", "integer", "Time to the complete response.", unit="ms"),
             _c("input_tokens", "integer", "Prompt tokens.", unit="tokens"),
             _c("output_tokens", "integer", "Completion tokens.", unit="tokens"),
-            _c("cost_usd", "number", "Cost from the arm's prices.", unit="USD"),
+            _c("cost_usd", "number", "Cost from the arm's prices; empty when the price is unknown (the arm's "
+               "model has none, and no default price is assumed) or the attempt did not succeed.", unit="USD"),
+            _c("tool_choice", "string", "The tool choice sent with the request; empty when the call offered no "
+               "tools.", allowed=("auto", "required", "none")),
+            _c("structured_output", "string", "How structured output was asked for: `json_schema`, "
+               "`json_object`, or `instructions` (asked in the prompt, parsed and validated); empty for free text.",
+               allowed=("json_schema", "json_object", "instructions")),
+            _c("fallback_reason", "string", "Why this call used a fallback (a `required` tool round after `auto` "
+               "gave no tool call, a weaker output format, a repair attempt); empty when it used none."),
+            _c("trimmed", "json", "What was left out of the prompt to fit the arm's context budget (turns, "
+               "material characters) as JSON text; empty when nothing was."),
             _c("request", "json", "The full request: model, parameters and messages (JSON text)."),
             _c("response", "json", "The provider's response as logged (JSON text)."),
         ), row="LLM request attempt"),

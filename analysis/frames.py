@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from django.db import connection, transaction
 from django.db.models import BigIntegerField, F, FloatField, Func, Q, TextField
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast
+from django.db.models.functions import Cast, Substr
 
 from explainers.models import LearnerModelSnapshot, LLMCall, PostTestPrediction, Turn
 from participants.models import PageVisit, Participant, Response
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pandas is imported where a frame is built, not by every pro
     import pandas as pd
 
 CHUNK_SIZE = 2000  # participants per chunk: each chunk is one pass over the turns and LLM calls
+ERROR_MAX_CHARS = 500  # an LLM call's error text is cut here in the export (the database keeps more)
 
 
 @contextmanager
@@ -231,11 +232,14 @@ def turn_rows(chunk: Chunk) -> Iterator[tuple]:
         .annotate(**_iso("created_at", "first_token_at", "completed_at"))
         .values_list("conversation_id", "id", "author", "reply_to_id", "status", "text", "created_at__iso",
                      "first_token_at__iso", "completed_at__iso", "scripted", "error_kind", "act", "concept",
-                     "check_item", "answers_check_id", "check_correct", "tool_calls")
+                     "check_item", "answers_check_id", "check_correct", "tool_calls", "shown_text")
     )
-    for conversation_id, *rest, tool_calls in turns.iterator(chunk_size=ITER_CHUNK):
+    for conversation_id, turn_id, author, reply_to_id, status, *rest, tool_calls, shown_text in turns.iterator(
+            chunk_size=ITER_CHUNK):
         name, sha = chunk.conversations[conversation_id]
-        yield (sha, name, *rest, _json(tool_calls) if tool_calls else None)
+        cut_off = status == Turn.Status.FAILED and bool(shown_text)  # as Turn.cut_off, without loading the model
+        yield (sha, name, turn_id, author, reply_to_id, status, *rest, _json(tool_calls) if tool_calls else None,
+               shown_text, cut_off)
 
 
 def llm_call_rows(chunk: Chunk) -> Iterator[tuple]:
@@ -246,10 +250,12 @@ def llm_call_rows(chunk: Chunk) -> Iterator[tuple]:
         .order_by("turn__conversation_id", "started_at", "id")
         # the JSON goes out as the database's own text: no decode and re-encode in Python
         .annotate(request_text=Cast("request", TextField()), response_text=Cast("response", TextField()),
+                  trimmed_text=Cast("trimmed", TextField()), error_text=Substr("error", 1, ERROR_MAX_CHARS),
                   cost=Cast("cost_usd", FloatField()), **_iso("started_at"))
         .values_list("version_sha256", "turn__conversation_id", "turn_id", "purpose", "attempt", "status", "provider",
-                     "model", "model_reported", "scripted", "error_kind", "http_status", "retry_after_s",
+                     "model", "model_reported", "scripted", "error_kind", "error_text", "http_status", "retry_after_s",
                      "started_at__iso", "ttft_ms", "latency_ms", "input_tokens", "output_tokens", "cost",
+                     "tool_choice", "structured_output", "fallback_reason", "trimmed_text",
                      "request_text", "response_text")
     )
     for sha, conversation_id, *rest in calls.iterator(chunk_size=ITER_CHUNK):

@@ -11,11 +11,12 @@ without targeted teaching.
 import html
 import random
 import re
-import time
 from dataclasses import dataclass, field
 
 from studies.protocol import Protocol
 from studies.scoring import item_key
+
+from .bots import REPLY_TIMEOUT_S, chat_wait
 
 LEARN_ADDRESSED = 0.3
 LEARN_READING = 0.15
@@ -23,7 +24,10 @@ SLIP = 0.1
 MAX_CHAT_TURNS = 40
 CHAT_QUESTIONS = ("What matters most to the model?", "Does income matter?", "Why would an applicant be refused?")
 
-_BUBBLE = re.compile(r'<li class="turn explainer"[^>]*>(.*?)</li>', re.S)
+# a written explainer turn (a failed or cut-off reply shows as an explainer item without `data-turn`)
+_BUBBLE = re.compile(r'<li class="turn explainer" data-turn="\d+"[^>]*>(.*?)</li>', re.S)
+_MINE = re.compile(r'<li class="turn participant" data-turn="\d+" data-status="(\w+)"')
+FAILED_IN_A_ROW_MAX = 3  # a learner whose messages keep failing gives up on the chat (the report counts them)
 _TAG = re.compile(r"<[^>]+>")
 
 
@@ -38,6 +42,7 @@ class Persona:
     slip: float = SLIP
     knows_after: dict[str, bool] = field(default_factory=dict)
     addressed: list[str] = field(default_factory=list)
+    reply_timeout_s: float = REPLY_TIMEOUT_S
 
     @classmethod
     def planted(cls, protocol: Protocol, target_keys: dict, rng: random.Random, p_know: float = 0.5) -> "Persona":
@@ -106,8 +111,13 @@ class Persona:
             for concept in self.knows_after:
                 self._learn(concept, LEARN_READING)
             return
+        failed_in_a_row = 0
         for _ in range(MAX_CHAT_TURNS):
             if 'data-ended="1"' in page:
+                return
+            mine = _MINE.findall(page)
+            failed_in_a_row = failed_in_a_row + 1 if mine and mine[-1] == "failed" else 0
+            if failed_in_a_row >= FAILED_IN_A_ROW_MAX:
                 return
             bubbles = _BUBBLE.findall(page)
             last = html.unescape(_TAG.sub("", bubbles[-1])) if bubbles else ""
@@ -121,15 +131,9 @@ class Persona:
                 return
             page = self._wait_for_reply(client, page_url)
 
-    @staticmethod
-    def _wait_for_reply(client, page_url: str, timeout_s: float = 30.0) -> str:
-        """Return the explanation page once no reply (or opening) is being written."""
-        deadline = time.monotonic() + timeout_s
-        page = client.get(page_url).text
-        while time.monotonic() < deadline and 'data-pending=""' not in page:
-            time.sleep(0.1)
-            page = client.get(page_url).text
-        return page
+    def _wait_for_reply(self, client, page_url: str) -> str:
+        """Return the explanation page once no reply (or opening) is being written, or when the time is up."""
+        return chat_wait(client, page_url, self.reply_timeout_s)
 
 
 def recovery(snapshot_state: dict, truth: dict[str, bool], threshold: float = 0.5) -> dict[str, int]:

@@ -326,3 +326,53 @@ def test_learner_model_snapshots_and_predictions_are_exported(launch, enter, ste
     assert len(answers) == 1  # the loop above stopped at the first answered check
     assert set(answers["answers_check_turn_id"]) <= set(checks["turn_id"])
     assert answers["check_correct"].notna().all()
+
+
+def test_a_failed_call_is_exported_with_its_error_text_and_strategy_and_a_cut_off_reply(
+        launch, enter, step_through, fake_llm, tmp_path):
+    from explainers.models import LLMCall
+
+    version = launch(chat_only)
+    pid = "PIDFAILED0000000000000001"
+    client, _ = enter(version, pid=pid)
+    step_through(client, version, times=1 + 5)
+    fake_llm.queue({"fail": "context"})  # final: no retry
+    sent = client.post(f"/s/{version.study.slug}/chat/send/", {"text": "What does income do?", "nonce": "f1"})
+    assert sent.status_code == 202
+    assert explainer_services.reply_generate(turn_id=sent.json()["turn"]).state == "failed"
+    call = LLMCall.objects.get(turn_id=sent.json()["turn"])
+    assert call.status == LLMCall.Status.ERROR and "maximum context length" in call.error
+    # what the worker records on a cut-off reply and on a call with a strategy (explainers/services.py fills
+    # these in): set here so that the export's plumbing is tested whatever the worker does today
+    Turn.objects.filter(pk=call.turn_id).update(shown_text="Income matters when the debt ratio")
+    LLMCall.objects.filter(pk=call.pk).update(
+        tool_choice="required", structured_output="json_schema", fallback_reason="auto gave no tool call",
+        trimmed={"turns": 3, "material_chars": 1200}, cost_usd=None,
+    )
+    long_error = "E" * 600
+    second = LLMCall.objects.create(
+        turn_id=call.turn_id, purpose="reply", attempt=2, status=LLMCall.Status.ERROR, provider="openai",
+        model="gpt-4o-mini", request={}, error=long_error, started_at=call.started_at,
+        version_sha256=call.version_sha256,
+    )
+    participant = _participant(client, version)
+    for fmt in FORMATS:
+        folder = _export({"slug": version.study.slug}, tmp_path, fmt)
+        calls = _read(folder, "llm_calls", fmt).set_index("attempt")
+        assert {"error", "tool_choice", "structured_output", "fallback_reason", "trimmed"} <= set(calls.columns)
+        assert calls.loc[1, "error"] == call.error[:500] and "maximum context length" in calls.loc[1, "error"]
+        assert calls.loc[2, "error"] == long_error[:500]  # truncated to 500 characters
+        assert calls.loc[1, "tool_choice"] == "required" and calls.loc[1, "structured_output"] == "json_schema"
+        assert calls.loc[1, "fallback_reason"] == "auto gave no tool call"
+        assert json.loads(calls.loc[1, "trimmed"]) == {"turns": 3, "material_chars": 1200}
+        assert pd.isna(calls.loc[1, "cost_usd"]) and pd.isna(calls.loc[2, "trimmed"])  # unknown price: empty
+        turns = _read(folder, "turns", fmt)
+        failed = turns[turns["turn_id"] == call.turn_id].iloc[0]
+        assert failed["status"] == "failed" and bool(failed["cut_off"])
+        assert failed["shown_text"] == "Income matters when the debt ratio"
+        for path in folder.iterdir():
+            data = path.read_bytes()
+            if path.suffix == ".parquet":
+                data += pd.read_parquet(path).to_csv().encode()
+            for needle in (pid, participant.token, participant.pid_hash):
+                assert needle.encode() not in data, (fmt, path.name)

@@ -15,10 +15,11 @@ from django.db import connection
 from django.db.models import Aggregate, Case, Count, F, FloatField, IntegerField, Q, Sum, Value, When
 from django.utils import timezone
 
-from explainers.arms import arm_available
+from explainers.arms import arm_unavailable_reason
 from explainers.models import LLMCall, Turn
 from participants.models import STEP_ORDER, ErasedSpend, PageVisit, Participant, Step
-from studies.models import Study, StudyVersion
+from studies.models import AuditEvent, Study, StudyVersion
+from studies.services import ARM_UNAVAILABLE
 from studies.spec import localize
 
 # An active participant not seen for this long is counted as dropped out (they may still come back:
@@ -56,7 +57,8 @@ def percentile(values: list[float], fraction: float) -> float | None:
 def study_monitor(*, study: Study) -> dict:
     """Return the monitor's numbers for the whole study (every version, pilots and bots counted and shown).
 
-    Queries: 6 on PostgreSQL, 7 on SQLite, and 4 more when the study file sets budgets (the budget state).
+    Queries: 6 on PostgreSQL, 7 on SQLite, 4 more when the study file sets budgets (the budget state), and
+    one more while an arm that could not run keeps the version paused (the audit row that names it).
     """
     now = timezone.now()
     version = _version_shown(study)
@@ -69,7 +71,8 @@ def study_monitor(*, study: Study) -> dict:
 
     seen = {g["arm"] for g in groups} | set(calls) | set(turns) | set(erased)
     for arm_id in sorted(seen - set(arms) - {UNALLOCATED}):  # an arm of an older version
-        arms[arm_id] = {"id": arm_id, "kind": "", "label": arm_id, "weight": 0, "available": False}
+        arms[arm_id] = {"id": arm_id, "kind": "", "label": arm_id, "weight": 0, "available": False,
+                        "unavailable_reason": "an arm of an older version"}
 
     totals = defaultdict(int)
     per_arm = {arm_id: defaultdict(int) for arm_id in [*arms, UNALLOCATED]}
@@ -96,6 +99,7 @@ def study_monitor(*, study: Study) -> dict:
         counts, call, turn = per_arm[arm_id], calls.get(arm_id, {}), turns.get(arm_id, {})
         gone = erased.get(arm_id, {})
         cost = float((call.get("cost") or 0) + (gone.get("cost") or 0))
+        cost_unknown = call.get("cost_unknown") or 0
         n = counts["participants"]
         expected = arm["weight"] / available_weight if arm["available"] and available_weight else 0.0
         dropped = counts[_S.WITHDRAWN] + counts["idle"]
@@ -121,6 +125,7 @@ def study_monitor(*, study: Study) -> dict:
             "ttft_p95_ms": call.get("ttft_p95"),
             "tokens": (call.get("input_tokens") or 0) + (call.get("output_tokens") or 0) + (gone.get("tokens") or 0),
             "cost_usd": cost,
+            "cost_unknown_calls": cost_unknown,  # calls with no price known: the cost above leaves them out
             "erased_cost_usd": float(gone.get("cost") or 0),
             "cost_per_completer_usd": cost / counts[_S.COMPLETED] if counts[_S.COMPLETED] else None,
         })
@@ -139,8 +144,10 @@ def study_monitor(*, study: Study) -> dict:
             "llm_calls": all_calls, "llm_errors": all_errors,
             "error_rate": all_errors / all_calls if all_calls else None,
             "cost_usd": sum(r["cost_usd"] for r in arm_rows),
+            "cost_unknown_calls": sum(r["cost_unknown_calls"] for r in arm_rows),
             "tokens": sum(r["tokens"] for r in arm_rows),
         },
+        "warnings": _warnings(study, version, arm_rows),
         "arms": arm_rows,
         "steps": [
             {"step": row, "counts": [by_step[row].get(a, 0) for a in [*arms, UNALLOCATED]], "total": by_step[row]["total"]}
@@ -172,7 +179,7 @@ def _version_shown(study: Study) -> StudyVersion | None:
     )
     return (
         StudyVersion.objects.filter(study=study).annotate(rank=rank).order_by("rank", "-number")
-        .only("number", "state", "launched_at", "spec").first()
+        .only("number", "state", "launched_at", "spec", "state_reason", "launch_waivers").first()
     )
 
 
@@ -184,10 +191,40 @@ def _arms(version: StudyVersion | None) -> dict[str, dict]:
     return {
         a["id"]: {
             "id": a["id"], "kind": a["kind"], "label": localize(a.get("label"), lang) if a.get("label") else a["id"],
-            "weight": int(a.get("weight") or 0), "available": arm_available(a),
+            "weight": int(a.get("weight") or 0), "available": reason is None, "unavailable_reason": reason,
         }
-        for a in version.spec.get("arms") or []
+        for a, reason in ((a, arm_unavailable_reason(a)) for a in version.spec.get("arms") or [])
     }
+
+
+def _warnings(study: Study, version: StudyVersion | None, arm_rows: list[dict]) -> list[dict]:
+    """The banners above the numbers: `level` "error" (red) or "warning", and the text."""
+    if version is None:
+        return []
+    out = []
+    if version.state == StudyVersion.State.PAUSED and version.state_reason == ARM_UNAVAILABLE:
+        event = (AuditEvent.objects.filter(study_slug=study.slug, object_id=str(version.number),
+                                           after__reason=ARM_UNAVAILABLE).order_by("-id").only("after").first())
+        after = event.after if event is not None else {}
+        out.append({"level": "error", "kind": "arm_unavailable_pause", "arm": after.get("arm"),
+                    "text": f"The study paused itself: arm {after.get('arm', '?')} cannot run here "
+                            f"({after.get('why', 'no language model')}). Nobody was sent to another arm; "
+                            f"configure its model, then resume."})
+    elif version.state == StudyVersion.State.LIVE:
+        for row in arm_rows:
+            if row["kind"] and not row["available"] and row["weight"] > 0:
+                out.append({"level": "error", "kind": "arm_unavailable", "arm": row["id"],
+                            "text": f"Arm {row['id']} cannot run here ({row['unavailable_reason']}): the study "
+                                    f"pauses at the next allocation."})
+    for arm_id, reasons in (version.launch_waivers or {}).items():
+        out.append({"level": "warning", "kind": "waiver", "arm": arm_id,
+                    "text": f"Arm {arm_id} was launched anyway: {'; '.join(reasons)}."})
+    for row in arm_rows:
+        if row["cost_unknown_calls"]:
+            out.append({"level": "warning", "kind": "cost_unknown", "arm": row["id"],
+                        "text": f"cost unknown for arm {row['id']}: {row['cost_unknown_calls']} calls "
+                                f"(no price for its model in the study file)"})
+    return out
 
 
 def _participant_groups(study: Study, now) -> list[dict]:
@@ -214,6 +251,7 @@ def _llm_calls(study: Study) -> dict[str, dict]:
         .annotate(
             calls=Count("id"), errors=Count("id", filter=Q(status=LLMCall.Status.ERROR)),
             input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost_usd"),
+            cost_unknown=Count("id", filter=Q(status=LLMCall.Status.OK, scripted=False, cost_usd__isnull=True)),
             **percentiles,
         )
         .order_by()

@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from analysis import selectors as analysis_selectors
+from explainers.launch import LaunchRefused, study_launch_checked
 from participants import services as participant_services
 from studies import selectors as study_selectors
 from studies import services as study_services
@@ -51,6 +52,17 @@ class StudyFileErrors(exceptions.APIException):
         self.errors = [{"path": e.path, "message": e.message, "file": e.file, "line": e.line} for e in invalid.errors]
 
 
+class ArmsCannotRun(exceptions.APIException):
+    """A launch refused because an arm cannot run here: 400 naming each arm and its reasons."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "arm_cannot_run"
+
+    def __init__(self, refused: LaunchRefused):
+        super().__init__(str(refused).replace("--allow ARM", "`allow`"))
+        self.arms = refused.problems
+
+
 def exception_handler(exc, context):
     """DRF's handler, with one error shape for every status: {"detail", "code", and "fields" or "errors"}."""
     response = drf_exception_handler(exc, context)
@@ -65,6 +77,8 @@ def exception_handler(exc, context):
         response.data = {"detail": str(exc.detail), "code": codes if isinstance(codes, str) else exc.default_code}
         if isinstance(exc, StudyFileErrors):
             response.data["errors"] = exc.errors
+        if isinstance(exc, ArmsCannotRun):
+            response.data["arms"] = exc.arms
     elif isinstance(exc, Http404):
         response.data = {"detail": str(exc) or "not found", "code": "not_found"}
     elif isinstance(exc, DjangoPermissionDenied):
@@ -177,12 +191,19 @@ class StudyLaunchView(ApiView):
         responses={200: serializers.VersionOut, 400: ERROR, 409: ERROR},
         summary="Freeze a draft version and make it live (the open one closes)",
         description="Launching the version that is already live changes nothing. A draft whose target "
-                    "cannot be trained answers 400 with `errors`; a version that is not a draft answers 409.",
+                    "cannot be trained answers 400 with `errors`; a version that is not a draft answers 409. "
+                    "A draft with an arm that cannot run here (no endpoint, no price for a billed model, a "
+                    "capability the endpoint probe found missing) answers 400 with code `arm_cannot_run`, "
+                    "naming each arm and reason in `arms`, unless `allow` names the arm: it is then "
+                    "launched and the waiver recorded.",
     )
     def post(self, request, slug):
         data = _valid(serializers.StudyLaunchIn, request.data)
         try:
-            version = study_services.study_launch(slug=self.study.slug, number=data.get("number"), actor=request.user)
+            version = study_launch_checked(slug=self.study.slug, number=data.get("number"), actor=request.user,
+                                           allow=data.get("allow") or [])
+        except LaunchRefused as refused:
+            raise ArmsCannotRun(refused) from None
         except study_services.StudyStateError as error:
             raise Conflict(str(error)) from None
         except StudyFileInvalid as invalid:

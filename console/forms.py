@@ -23,12 +23,20 @@ class StudyUploadForm(forms.Form):
         return upload
 
 
+class ArmIdsField(forms.MultipleChoiceField):
+    """A list of arm ids; which arms the version has is the launch check's to say (it names an unknown one)."""
+
+    def valid_value(self, value) -> bool:
+        return bool(value) and len(value) <= 64
+
+
 class StateForm(forms.Form):
     """Launch a draft version, or pause, resume or close the open one."""
 
     ACTIONS = {"launch": None, "pause": "paused", "resume": "live", "close": "closed"}
     action = forms.ChoiceField(choices=[(a, a) for a in ACTIONS])
     number = forms.IntegerField(min_value=1, required=False)
+    allow = ArmIdsField(required=False)  # launch although these arms cannot run here (a recorded waiver)
 
     def clean(self):
         data = super().clean()

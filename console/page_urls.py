@@ -30,6 +30,7 @@ urlpatterns = [
     path("<slug:slug>/upload/", views.study_version_upload, name="study_version_upload"),
     path("<slug:slug>/diff/", views.version_diff, name="version_diff"),
     path("<slug:slug>/state/", views.study_state, name="study_state"),
+    path("<slug:slug>/llm-check/", views.llm_check, name="llm_check"),
     path("<slug:slug>/members/", views.member_set, name="member_set"),
     path("<slug:slug>/members/remove/", views.member_remove, name="member_remove"),
     path("<slug:slug>/bots/", views.bots_start, name="bots_start"),

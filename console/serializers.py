@@ -28,6 +28,10 @@ class ErrorOut(serializers.Serializer):
         help_text="400 on invalid input: the messages per input field",
     )
     errors = SpecErrorOut(many=True, required=False, help_text="400 on an invalid study file: every mistake found")
+    arms = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), required=False,
+        help_text="400 on a launch refused: per arm that cannot run here, the reasons",
+    )
 
 
 # --- studies and versions -----------------------------------------------------------------------
@@ -36,7 +40,7 @@ class ErrorOut(serializers.Serializer):
 class VersionOut(serializers.ModelSerializer):
     class Meta:
         model = StudyVersion
-        fields = ["number", "state", "sha256", "target_sha256", "created_at", "launched_at"]
+        fields = ["number", "state", "sha256", "target_sha256", "created_at", "launched_at", "launch_waivers"]
 
 
 class StudyListOut(serializers.Serializer):
@@ -81,6 +85,10 @@ class StudyUploadOut(serializers.Serializer):
 class StudyLaunchIn(serializers.Serializer):
     number = serializers.IntegerField(
         required=False, min_value=1, max_value=2_147_483_647, help_text="the draft to launch (default: the newest)"
+    )
+    allow = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, max_length=100,
+        help_text="arms to launch although they cannot run here; recorded on the version as waivers",
     )
 
 

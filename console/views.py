@@ -17,7 +17,9 @@ from django.views.decorators.http import require_GET, require_POST
 from analysis import selectors as analysis_selectors
 from console import services as console_services
 from console.models import Job
-from explainers.arms import arm_available
+from explainers.arms import arm_unavailable_reason, launch_problems
+from explainers.launch import LaunchRefused, study_launch_checked
+from explainers.probe import version_llm_check
 from participants import services as participant_services
 from participants.chat_display import reply_html
 from studies import selectors as study_selectors
@@ -137,7 +139,15 @@ def _checklist(request: HttpRequest, study, version: StudyVersion, can: dict) ->
     entry = request.build_absolute_uri(reverse("participants:entry", kwargs={"slug": study.slug}))
     recruitment = version.spec.get("recruitment") or {}
     completion_url = recruitment.get("completion_url") or ""
-    arms = [{"id": a["id"], "kind": a["kind"], "available": arm_available(a)} for a in version.spec.get("arms") or []]
+    report = version.llm_report or {}
+    problems = launch_problems(spec=version.spec, llm_report=version.llm_report)
+    waivers = version.launch_waivers or {}
+    arms = [
+        {"id": a["id"], "kind": a["kind"], "available": arm_unavailable_reason(a) is None,
+         "problems": problems.get(a["id"], []), "waived": waivers.get(a["id"]),
+         "probe": (report.get("arms") or {}).get(a["id"])}
+        for a in version.spec.get("arms") or []
+    ]
     return {
         "version": version,
         "live": version.state == StudyVersion.State.LIVE,
@@ -150,7 +160,12 @@ def _checklist(request: HttpRequest, study, version: StudyVersion, can: dict) ->
         "pilot_link": (f"{entry}?pilot={study_selectors.entry_link_token(slug=study.slug, kind='pilot')}"
                        if can["edit"] else ""),
         "arms": arms,
-        "all_arms_run": all(a["available"] for a in arms),
+        "all_arms_run": not problems,
+        "problems": problems,
+        "waivers": waivers,
+        "llm_report": version.llm_report,
+        "llm_arms": [a for a in arms if a["kind"] in ("chat", "agentic")],
+        "draft": version.state == StudyVersion.State.DRAFT,
     }
 
 
@@ -198,9 +213,13 @@ def study_state(request: HttpRequest, slug: str, study) -> HttpResponse:
     action = form.cleaned_data["action"]
     try:
         if action == "launch":
-            version = study_services.study_launch(slug=study.slug, number=form.cleaned_data["number"], actor=request.user)
+            version = study_launch_checked(slug=study.slug, number=form.cleaned_data["number"], actor=request.user,
+                                           allow=form.cleaned_data["allow"])
         else:
             version = study_services.study_state_set(slug=study.slug, state=StateForm.ACTIONS[action], actor=request.user)
+    except LaunchRefused as refused:  # the page again, with the reasons and a "Launch anyway" button
+        messages.error(request, str(refused).replace("--allow ARM", "“Launch anyway”"))
+        return render(request, "console/study_detail.html", _detail_context(request, study), status=400)
     except study_services.StudyStateError as refused:
         messages.error(request, str(refused))
     except StudyFileInvalid as invalid:  # launching trains the target, which can still fail
@@ -208,6 +227,23 @@ def study_state(request: HttpRequest, slug: str, study) -> HttpResponse:
     else:
         messages.success(request, f"{study.slug} v{version.number} is {version.state}.")
     return _see_other(reverse("console:study", kwargs={"slug": study.slug}))
+
+
+@require_POST
+@researcher_view(needs="edit")
+def llm_check(request: HttpRequest, slug: str, study) -> HttpResponse:
+    """Probe the current version's LLM endpoints now and store the report the checklist shows.
+
+    Synchronous, from the web process: what matters is whether the arms can run where participants are
+    allocated, and the probe is bounded (explainers.probe.PROBE_BUDGET_S, arms probed side by side).
+    """
+    version = analysis_selectors.study_version_current(study=study)
+    if version is None:
+        messages.error(request, "No version to check.")
+    else:
+        report = version_llm_check(version=version)
+        messages.success(request, f"Checked the endpoints of {len(report['arms'])} LLM arm(s) of v{version.number}.")
+    return _see_other(reverse("console:study", kwargs={"slug": study.slug}) + "#checklist")
 
 
 @require_POST

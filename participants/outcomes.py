@@ -6,6 +6,7 @@ what the commands assumed; `run_problems` is a plain function of those counts, s
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, defaultdict
 
@@ -92,12 +93,30 @@ def run_outcomes(*, version: StudyVersion, participants: list[Participant]) -> l
     return list(rows.values())
 
 
-def run_problems(*, arms: list[dict], participants: int) -> list[str]:
+def allocation_owes_every_arm(*, allocation: dict, arms: list[dict]) -> int:
+    """How many allocated participants guarantee (or, for simple randomisation, all but guarantee: a
+    chance below 1 in 1,000) that every arm with a weight got somebody.
+
+    Blocked allocation fills whole blocks per stratum (strata: score bands × the two form orders when
+    allocation waits for the pre-test), so every arm is owed someone once each stratum could have
+    filled a block.
+    """
+    weights = [int(a.get("weight", 1)) for a in arms if int(a.get("weight", 1)) > 0]
+    if not weights:
+        return 0
+    if allocation.get("method", "blocked") == "blocked":
+        strata = (len(allocation.get("strata") or []) + 1) * 2 if allocation.get("when") == "after_pretest" else 1
+        return int(allocation.get("block_size") or sum(weights)) * strata
+    p_miss = 1 - min(weights) / sum(weights)  # one draw misses the lightest arm
+    return len(weights) if p_miss <= 0 else max(len(weights), math.ceil(math.log(1e-3) / math.log(p_miss)))
+
+
+def run_problems(*, arms: list[dict], participants: int, owed_after: int | None = None) -> list[str]:
     """Return one line per reason the run failed (empty: it did not).
 
     An LLM arm (chat, agentic) failed when it answered fewer replies than the turns it was sent, or an
     opening it owed was not written; an arm the design names (weight > 0) failed when it got nobody in a
-    run of at least as many participants as there are arms.
+    run of at least `owed_after` participants (`allocation_owes_every_arm`; default: as many as arms).
     """
     problems = []
     for arm in arms:
@@ -113,7 +132,7 @@ def run_problems(*, arms: list[dict], participants: int) -> list[str]:
                     why.append(f"{not_opened} opening(s) not written")
                 problems.append(f"arm {arm['id']} ({arm['kind']}): " + "; ".join(why))
     designed = [a for a in arms if a["weight"] > 0]
-    if participants >= len(designed):
+    if participants >= (len(designed) if owed_after is None else owed_after):
         for arm in designed:
             if not arm["allocated"]:
                 problems.append(f"arm {arm['id']} ({arm['kind']}) got nobody of {participants} participants "
@@ -190,7 +209,9 @@ def run_report(*, version: StudyVersion, pids: list[str], results: list, settle_
         lines = [f"counts from the server's database ({len(found)} of {len(pids)} participants found"
                  + (f"; {pending} turn(s) still unanswered after waiting {settle_s:.0f} s" if pending else "") + ")"]
         return {"source": "database", "arms": arms, "participants": found, "lines": lines,
-                "problems": run_problems(arms=arms, participants=sum(a["allocated"] for a in arms))}
+                "problems": run_problems(arms=arms, participants=sum(a["allocated"] for a in arms),
+                                         owed_after=allocation_owes_every_arm(allocation=version.spec["allocation"],
+                                                                              arms=version.spec["arms"]))}
     seen = [r.chat for r in results if r.chat is not None]
     total = {k: sum(getattr(c, k) for c in seen) for k in ("sent", "answered", "failed", "cut_off", "pending")}
     lines = [

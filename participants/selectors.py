@@ -104,8 +104,11 @@ def cost_by_arm(*, version: StudyVersion) -> dict[str, Decimal]:
 
 
 def arms_open(*, version: StudyVersion, arms: list[dict] | None = None) -> set[str]:
-    """Return the ids of `arms` (default: those the platform can run) below every cap of theirs."""
-    arms = [a for a in version.spec["arms"] if arm_available(a)] if arms is None else arms
+    """Return the ids of `arms` (default: all of the version's) below every cap of theirs.
+
+    Whether an arm can run here is not a cap: allocation never skips such an arm, it pauses the study.
+    """
+    arms = list(version.spec["arms"]) if arms is None else arms
     budgets = {a["id"]: a.get("budget") or {} for a in arms}
     seats = seats_held(version=version) if any("max_completers" in b for b in budgets.values()) else {}
     costs = cost_by_arm(version=version) if any("max_cost_usd" in b for b in budgets.values()) else {}
@@ -139,7 +142,8 @@ def study_budget_state(*, version: StudyVersion) -> dict:
             "max_completers": cap_seats,
             "cost_usd": float(cost), "max_cost_usd": cap_cost,
             "max_tokens_per_participant": budget.get("max_tokens_per_participant"),
-            "open": arm_available(arm) and not full,
+            "open": not full,
+            "available": arm_available(arm),
         })
     cost = sum(costs.values(), Decimal(0))
     cap = (spec.get("budget") or {}).get("max_cost_usd")

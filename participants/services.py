@@ -1,5 +1,6 @@
 """Writes on the participant's journey (each takes the participant's row lock first), budgets, withdrawal,
 erasure and the retention of PID hashes."""
+import functools
 import hashlib
 import hmac
 import json
@@ -16,18 +17,18 @@ from django.http import Http404
 from django.utils import timezone
 
 from explainers import services as explainer_services
-from explainers.arms import arm_available
+from explainers.arms import AVAILABLE_ARM_KINDS, arm_unavailable_reason
 from explainers.models import LLMCall, Turn
 from studies.audit import audit_record
 from studies.models import Study, StudyVersion
 from studies.protocol import Protocol
 from studies.scoring import answer_evaluate
 from studies.selectors import study_get_for_researcher, study_version_open
-from studies.services import BUDGET, StudyStateError, study_state_set
+from studies.services import ARM_UNAVAILABLE, BUDGET, StudyStateError, study_state_set
 
 from .models import STEP_ORDER, AllocationSequence, ErasedSpend, PageVisit, Participant, Response, Step
 from .pseudonyms import pseudonym as pseudonym_of
-from .selectors import arms_open, cost_by_arm
+from .selectors import arms_open, cost_by_arm, participant_chat_turn
 
 _rng = random.SystemRandom()
 CLIENT_EVENT_KEYS = ("visibility_changes", "hidden_ms", "paste_count", "first_input_ms", "blur_count")
@@ -63,6 +64,29 @@ class AllocationError(Exception):
 
 class ArmsFull(AllocationError):
     """Every arm the platform can run is at its budget cap: nobody new can be allocated."""
+
+
+class ArmUnavailable(AllocationError):
+    """An arm that allocation would draw cannot run here: the study pauses, nobody is sent elsewhere."""
+
+    def __init__(self, version, arm_id: str, reason: str):
+        super().__init__(f"arm {arm_id} of {version} cannot run here: {reason}")
+        self.version, self.arm_id, self.reason = version, arm_id, reason
+
+
+def _pause_on_unavailable_arm(service):
+    """Pause the study when `service` met an arm that cannot run. The pause is made after the service's
+    transaction has rolled back (nothing of this participant is stored), so that it is kept."""
+
+    @functools.wraps(service)
+    def wrapper(*args, **kwargs):
+        try:
+            return service(*args, **kwargs)
+        except ArmUnavailable as unavailable:
+            _arm_unavailable_pause(unavailable)
+            raise
+
+    return wrapper
 
 
 SEATS_STRATUM = "seats"  # the AllocationSequence row whose lock serialises allocation under arm caps
@@ -121,6 +145,7 @@ def participant_language_set(*, participant: Participant, language: str) -> None
         participant.save(update_fields=["language"])
 
 
+@_pause_on_unavailable_arm
 def participant_consent(*, participant_id: int, accept: bool) -> Participant:
     """Record consent (allocating when the study allocates at consent) or the refusal."""
     with transaction.atomic():
@@ -165,6 +190,7 @@ def page_visit_shown(*, participant: Participant, page: str) -> PageVisit:
     return visit
 
 
+@_pause_on_unavailable_arm
 def response_submit(
     *, participant_id: int, phase: str, item_id: str, values: list[str], confidence: str | None = None,
     client: str = "",
@@ -241,13 +267,25 @@ def _arm_position(participant: Participant) -> int:
     return Participant.objects.filter(earlier, version=participant.version, arm=participant.arm).count() + 1
 
 
-def chat_retry(*, participant_id: int, turn_id: int) -> Turn:
-    """Send a failed message again."""
+CHAT_RETRY_MODES = explainer_services.RETRY_MODES  # "again", "continue"
+
+
+def chat_retry(*, participant_id: int, turn_id: int, mode: str = "again") -> Turn:
+    """Ask again for the reply to a failed message (or a failed agentic opening).
+
+    `again` starts the reply afresh; `continue` carries on from the text the participant saw before it
+    was cut off. Raise ValueError for another mode, and Turn.DoesNotExist unless the turn is one of this
+    participant's own failed turns.
+    """
+    if mode not in CHAT_RETRY_MODES:
+        raise ValueError(f"unknown retry mode: {mode!r}")
     with transaction.atomic():
         participant = _lock(participant_id)
         _require_step(participant, Step.EXPLANATION)
-        turn = Turn.objects.get(pk=turn_id, conversation_id=participant.conversation_id, author=Turn.Author.PARTICIPANT)
-        return explainer_services.turn_retry(turn=turn)
+        turn = participant_chat_turn(participant=participant, turn_id=turn_id)
+        if turn is None or turn.status != Turn.Status.FAILED:
+            raise Turn.DoesNotExist(turn_id)
+        return explainer_services.turn_retry(turn=turn, mode=mode)
 
 
 def explanation_finish(*, participant_id: int, client: str = "") -> Participant:
@@ -361,12 +399,15 @@ def _allocate(participant: Participant, *, stratum: str) -> None:
 
     Arms at a budget cap are left out (docs/allocation.md, "Budgets"): under caps, every allocation of
     the version first takes the lock of its "seats" row, so seats are counted and taken one at a time.
+    An arm that could be drawn but cannot run here (no language model) is never skipped: ArmUnavailable
+    is raised, and the service's wrapper pauses the study (docs/allocation.md, "An arm that cannot run").
     """
     version = participant.version
     spec = version.spec
-    arms = [a for a in spec["arms"] if arm_available(a)]
-    if not arms:
-        raise AllocationError(f"no arm of {version} can run on this platform yet")
+    arms = list(spec["arms"])
+    unknown = [a["id"] for a in arms if a["kind"] not in AVAILABLE_ARM_KINDS]
+    if unknown:
+        raise AllocationError(f"arm(s) {', '.join(unknown)} of {version} are of a kind this platform cannot run")
     study_budget_check(version=version)  # may pause the study: new entries stop, this participant goes on
     allowed = None
     if _arm_caps(spec):
@@ -375,6 +416,10 @@ def _allocate(participant: Participant, *, stratum: str) -> None:
         arms = [a for a in arms if a["id"] in allowed]
         if not arms:
             raise ArmsFull(f"every arm of {version} is at its cap")
+    for arm in arms:  # every arm of a block will be drawn: one that cannot run would be dropped
+        reason = arm_unavailable_reason(arm) if int(arm.get("weight") or 0) > 0 else None
+        if reason is not None:
+            raise ArmUnavailable(version, arm["id"], reason)
     allocation = spec["allocation"]
     if allocation["method"] == "blocked":
         per_block = max(1, int(allocation["block_size"]) // sum(int(a["weight"]) for a in spec["arms"]))
@@ -387,6 +432,16 @@ def _allocate(participant: Participant, *, stratum: str) -> None:
     participant.stratum = stratum.split(":")[0] if stratum.startswith("band") else ""
     participant.allocation_index = index
     participant.allocated_at = timezone.now()
+
+
+def _arm_unavailable_pause(unavailable: ArmUnavailable) -> None:
+    """Pause the live version, audited as the system with the arm and the reason (a no-op if not live)."""
+    version = unavailable.version
+    try:
+        study_state_set(slug=version.study.slug, state=StudyVersion.State.PAUSED, actor=None, reason=ARM_UNAVAILABLE,
+                        number=version.number, figures={"arm": unavailable.arm_id, "why": unavailable.reason})
+    except StudyStateError:
+        pass  # paused, closed or replaced meanwhile
 
 
 def _draw(version: StudyVersion, stratum: str, block: list[str], *, allowed: set[str] | None = None) -> tuple[str, int]:

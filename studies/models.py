@@ -37,6 +37,13 @@ class StudyVersion(models.Model):
     state_reason = models.CharField(
         max_length=16, blank=True, help_text="why the version is paused: 'budget' when its cost cap paused it"
     )
+    llm_report = models.JSONField(
+        null=True, blank=True,
+        help_text="the latest llm_check of its LLM arms' endpoints: per arm what works, when and from which host",
+    )
+    launch_waivers = models.JSONField(
+        default=dict, blank=True, help_text="arms launched although they could not run there: {arm: [reasons]}",
+    )
 
     class Meta:
         ordering = ["study", "number"]

@@ -32,6 +32,7 @@ _STATE_ACTIONS = {
     StudyVersion.State.CLOSED: "study_close",
 }
 BUDGET = "budget"
+ARM_UNAVAILABLE = "arm_unavailable"  # the pause when allocation met an arm that cannot run
 
 
 def study_version_create(*, study_file: StudyFile, actor=None) -> tuple[StudyVersion, bool]:
@@ -141,11 +142,14 @@ def _slug_line(text: bytes) -> int | None:
     return None
 
 
-def study_launch(*, slug: str, number: int | None = None, actor=None) -> StudyVersion:
+def study_launch(*, slug: str, number: int | None = None, actor=None, waivers: dict | None = None) -> StudyVersion:
     """Freeze a draft version and make it the live one; the previous open version closes.
 
     Trains the target (outside any transaction) and freezes the answer keys of `from_target` items.
     Launching the version that is already live changes nothing (and writes no audit row).
+    `waivers` ({arm: [reasons]}) are the arms launched although they cannot run here: whether an arm can
+    run is the caller's check (explainers.launch), since studies imports no other app; they are stored
+    on the version and in the audit row.
     """
     version = _version_get(slug=slug, number=number)
     if version.state == StudyVersion.State.LIVE:
@@ -169,16 +173,32 @@ def study_launch(*, slug: str, number: int | None = None, actor=None) -> StudyVe
         version.target_sha256 = target_sha256 or ""
         version.target_keys = keys
         version.target_info = info
-        version.save(update_fields=["state", "launched_at", "target_sha256", "target_keys", "target_info"])
+        version.launch_waivers = dict(waivers or {})
+        version.save(update_fields=["state", "launched_at", "target_sha256", "target_keys", "target_info",
+                                    "launch_waivers"])
         audit_record(
             actor=actor, action="study_launch", study_slug=slug, object_type="study_version",
             object_id=version.number,
             before={"number": version.number, "state": StudyVersion.State.DRAFT, "open_versions": closed},
             after={"number": version.number, "state": version.state, "sha256": version.sha256,
                    "target_sha256": version.target_sha256, "keys_frozen": len(keys),
-                   "closed_versions": [c["number"] for c in closed]},
+                   "closed_versions": [c["number"] for c in closed],
+                   **({"waivers": version.launch_waivers} if version.launch_waivers else {})},
         )
     return version
+
+
+def study_version_get(*, slug: str, number: int | None = None) -> StudyVersion:
+    """Return the version (the latest when `number` is None); raise StudyStateError when there is none."""
+    return _version_get(slug=slug, number=number)
+
+
+def study_version_llm_report_set(*, version_id: int, report: dict) -> None:
+    """Store the latest `llm_check` report on a version (any state: it describes the endpoints, not the study).
+
+    Not audited: a measurement of the endpoints, not a change to the study.
+    """
+    StudyVersion.objects.filter(pk=version_id).update(llm_report=report)
 
 
 @transaction.atomic

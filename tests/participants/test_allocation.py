@@ -70,14 +70,14 @@ def test_weights_are_honoured_in_every_block(launch):
     assert counts == {"static_0": 12, "static_1": 6, "static_2": 6}
 
 
-def test_only_arms_the_platform_can_run_are_allocated(launch, settings):
+def test_an_arm_that_cannot_run_is_never_skipped_the_study_pauses(launch, settings):
     settings.SCRIPTED_LLM_URL = settings.LLM_BASE_URL = settings.LLM_API_KEY = ""  # no language model at all
     version = launch(lambda d: d["arms"][0]["limits"].update(min_seconds=0))
     kinds = {a["kind"] for a in version.spec["arms"]}
     assert kinds == {"static", "chat", "agentic", "tutor"}
-    for n in range(8):
-        _consent_only(version.study.slug, n)
-    assert set(Participant.objects.values_list("arm", flat=True)) == {"static", "tutor"}
+    with pytest.raises(services.ArmUnavailable):  # tests/participants/test_arm_unavailable.py has the rest
+        _consent_only(version.study.slug, 0)
+    assert set(Participant.objects.values_list("arm", flat=True)) == {""}
 
 
 def test_chat_and_agentic_arms_are_allocated_once_a_language_model_answers(launch, fake_llm):

@@ -129,3 +129,17 @@ def test_bots_chat_in_the_chat_arm_and_the_report_counts_its_replies(
                      r"0 cut off, 0 unanswered\n", out, re.M), out
     assert "replies from the scripted demo model" in out
     assert re.search(r"^static +static +allocated +2, completed +2$", out, re.M)
+
+
+def test_a_named_arm_is_owed_somebody_only_once_the_allocation_guarantees_it():
+    from participants.outcomes import allocation_owes_every_arm
+
+    arms = [{"id": a, "weight": 1} for a in "abcd"]
+    # blocks of 8 over 4 arms: a run of 4 can miss an arm by chance, a full block cannot
+    assert allocation_owes_every_arm(allocation={"method": "blocked", "block_size": 8, "when": "consent"}, arms=arms) == 8
+    # stratified after the pre-test: a block per score band and form order
+    assert allocation_owes_every_arm(
+        allocation={"method": "blocked", "block_size": 4, "when": "after_pretest", "strata": [0.5]}, arms=arms) == 16
+    # simple randomisation 3:1: enough draws that missing the light arm has a chance below 1 in 1,000
+    owed = allocation_owes_every_arm(allocation={"method": "simple"}, arms=[{"id": "a", "weight": 3}, {"id": "b", "weight": 1}])
+    assert 0.75 ** owed < 1e-3 <= 0.75 ** (owed - 1)

@@ -4,6 +4,7 @@ import pytest
 from agentic_support import agentic_arms, converse, in_process  # noqa: F401
 from explainers.services import conversation_end
 from participants.models import Participant, Step
+from studies.models import StudyVersion
 
 pytestmark = pytest.mark.django_db
 
@@ -18,7 +19,10 @@ def test_the_nth_yoked_participant_reads_the_nth_ended_transcript_or_else_the_ma
     for words in ("first transcript, my own words", "second transcript, my own words"):
         conversation = converse(version, "agentic", [words])
         conversation_end(conversation=conversation, reason="participant")
-    settings.SCRIPTED_LLM_URL = ""  # no model now: allocation can only send people to the yoked static arm
+    # the agentic arm takes nobody now (weight 0), so allocation sends people only to the yoked static arm
+    # (an arm left without a model would pause the study instead: tests/participants/test_arm_unavailable.py)
+    arms = [{**a, "weight": 0} if a["kind"] == "agentic" else a for a in version.spec["arms"]]
+    StudyVersion.objects.filter(pk=version.pk).update(spec={**version.spec, "arms": arms})
 
     pages = []
     for n in range(3):

@@ -35,7 +35,7 @@ def test_loading_the_same_file_again_changes_nothing():
     assert StudyVersion.objects.count() == 1
 
 
-def test_launch_freezes_the_version_with_the_targets_keys(study_folder):
+def test_launch_freezes_the_version_with_the_targets_keys(study_folder, fake_llm):  # the LLM arms need a model
     _run("study_load", str(EXAMPLE))
     out = _run("study_launch", "loan-approval")
     version = StudyVersion.objects.get()

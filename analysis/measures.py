@@ -124,7 +124,8 @@ def participant_measures(
     - `time_on_task_s` = (completed_at − started_at) in seconds.
     - `turns`: number of turns with author "participant".
     - `tokens` = Σ (input_tokens + output_tokens) and `cost_usd` = Σ cost_usd over the
-      participant's LLM calls, whatever their status (failed attempts are billed too).
+      participant's LLM calls, whatever their status (failed attempts are billed too); `cost_usd` is
+      NaN (unknown, never 0) when a call that used tokens has no price (the arm's model has none).
     - `lm_accuracy`: share of post-test items where the explainer's prediction, read as
       "correct" when predicted_correct ≥ 0.5, matches the real outcome y.
     - `lm_brier` = mean of (predicted_correct − y)² over those items.
@@ -168,13 +169,14 @@ def participant_measures(
         out["turns"] = np.nan
 
     if llm_calls is not None:
-        calls = llm_calls.assign(
-            tokens=_as_float(llm_calls["input_tokens"]).fillna(0) + _as_float(llm_calls["output_tokens"]).fillna(0),
-            cost_usd=_as_float(llm_calls["cost_usd"]).fillna(0),
-        )
-        sums = calls.groupby("pseudonym")[["tokens", "cost_usd"]].sum()
+        tokens = _as_float(llm_calls["input_tokens"]).fillna(0) + _as_float(llm_calls["output_tokens"]).fillna(0)
+        cost = _as_float(llm_calls["cost_usd"])
+        calls = llm_calls.assign(tokens=tokens, cost_usd=cost.fillna(0),
+                                 unpriced=(cost.isna() & (tokens > 0)).astype(int))  # used tokens, no price
+        sums = calls.groupby("pseudonym")[["tokens", "cost_usd", "unpriced"]].sum()
         out["tokens"] = out["pseudonym"].map(sums["tokens"]).fillna(0.0)
-        out["cost_usd"] = out["pseudonym"].map(sums["cost_usd"]).fillna(0.0)
+        out["cost_usd"] = out["pseudonym"].map(sums["cost_usd"].where(sums["unpriced"] == 0)).where(
+            out["pseudonym"].isin(sums.index), 0.0)
     else:
         out["tokens"] = np.nan
         out["cost_usd"] = np.nan

@@ -171,17 +171,19 @@ class ProviderError(Exception):
 
 
 def estimate_tokens(messages) -> int:
-    """A rough token count (characters / 4, plus a little per message) for context-budget checks."""
-    chars = 0
-    count = 0
+    """A rough, cautious token count for context-budget checks: ASCII text at 4 characters a token, every
+    other character (Chinese, accents, symbols) a token of its own, plus a little per message."""
+    ascii_chars = other = count = 0
     for message in messages or []:
         count += 1
         content = message.get("content") if isinstance(message, dict) else message
-        if isinstance(content, str):
-            chars += len(content)
-        elif content is not None:
-            chars += len(json.dumps(content, ensure_ascii=False))
-    return chars // 4 + 4 * count
+        if content is None:
+            continue
+        text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+        wide = sum(1 for ch in text if ord(ch) > 127)
+        other += wide
+        ascii_chars += len(text) - wide
+    return ascii_chars // 4 + other + 4 * count
 
 
 # --------------------------------------------------------------------------- deadline + server-sent events

@@ -40,6 +40,9 @@ LLM_PROVIDERS = ("openai", "anthropic")
 # The longest total an attempt may be given. The broker's visibility timeout and the task limits are
 # sized from it (config/settings.py, docs/chat.md "The timing budget", tests/explainers/test_timing_budget.py).
 LLM_TIMEOUT_MAX_S = 600
+# The prompt window every call is fitted to unless the arm says otherwise: small local servers give 4,096
+# tokens a request (docs/chat.md, "Prompt size").
+LLM_CONTEXT_DEFAULT_TOKENS = 4096
 # The kinds of LLM call an arm makes; `llm.timeouts` may give each its own limits.
 LLM_CALL_KINDS = ("reply", "opening", "learner_update", "posttest_prediction", "meeting_note")
 LLM_LIMITS = ("timeout_s", "ttft_s", "idle_s")
@@ -1279,7 +1282,7 @@ def _normalise_llm(llm: dict | None) -> dict | None:
         "tool_choice": llm.get("tool_choice"),  # None: from the endpoint's probe, else auto
         "structured_output": llm.get("structured_output"),  # None: from the probe, else json_schema
         "max_retries": llm.get("max_retries", 2),
-        "context_tokens": llm.get("context_tokens", 8000),
+        "context_tokens": llm.get("context_tokens", LLM_CONTEXT_DEFAULT_TOKENS),
     }
 
 

@@ -147,6 +147,12 @@ def test_time_on_task_turns_tokens_and_cost():
     assert m.loc["ann", "cost_usd"] == 0.0
     unknown = by_name(participant_measures(participants, responses))
     assert math.isnan(unknown.loc["bob", "turns"]) and math.isnan(unknown.loc["bob", "tokens"])
+    # a call that used tokens with no price makes the cost unknown, not smaller; a failed call without
+    # tokens and without a cost changes nothing
+    unpriced = calls.assign(cost_usd=[0.001, np.nan, np.nan], input_tokens=[100, 250, np.nan], output_tokens=[20, 30, np.nan])
+    m = by_name(participant_measures(participants, responses, turns=turns, llm_calls=unpriced))
+    assert math.isnan(m.loc["bob", "cost_usd"])
+    assert m.loc["cat", "cost_usd"] == 0.0 and m.loc["ann", "cost_usd"] == 0.0
 
 
 def test_learner_model_fidelity_by_hand():

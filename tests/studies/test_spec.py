@@ -183,7 +183,7 @@ def test_minimal_study_is_normalised_with_defaults(tmp_path):
             "provider": "openai", "model": "small-model", "base_url": None, "params": {},
             "prices": None, "timeout_s": 120.0, "tool_choice": None, "structured_output": None,
             "timing": {kind: {"timeout_s": 120.0, "ttft_s": 120.0, "idle_s": 30.0} for kind in LLM_CALL_KINDS},
-            "max_retries": 2, "context_tokens": 8000,
+            "max_retries": 2, "context_tokens": 4096,
         },
     }
     assert spec["target"]["task"] == "classification"

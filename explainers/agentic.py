@@ -29,7 +29,7 @@ from .policies import (
     CONTINUE_CUE, TAUGHT_ACTS, arm_material, case_rows, check_item_next, check_question_text,
     conversation_end_complete, conversation_history, fit_prompt, latest_snapshot, learner_model_from_pretest,
     meeting_note_by_template, move_text, option_chosen, option_letters, predicted_answer, predictions_by_rules,
-    previous_explainer_turn, snapshot_store, state_of_play,
+    previous_explainer_turn, reply_unusable, snapshot_store, state_of_play,
 )
 from .providers import LLMRequest, LLMResult
 from .tools import TargetTools, target_tools, tool_exchange_messages
@@ -39,8 +39,13 @@ OPENING = "opening"  # the time limits of a reply call that writes the opening
 TOOL_CHOICES = ("auto", "required", "none")
 STRUCTURED = ("json_schema", "json_object", "instructions")  # strongest first
 TOOL_ROUNDS_MAX = 3           # rounds of tool calls before the model must write its reply
+TOOL_ACTS = ("example", "correction")  # moves that show the concept on a case the target itself decides
 STRUCTURED_MAX_TOKENS = 2000  # a whole learner model (or every post-test item) must fit in one answer
-OPENING_CUE = "(The participant has opened the chat. Begin the conversation.)"
+# The first user message when the explainer speaks first: a plain greeting (small models answer a greeting,
+# and repeat a stage direction such as "the participant has opened the chat").
+OPENING_CUE = "Hello, I am ready to begin."
+# Appended to the last user message of a reply's prompt: the move again, where a small model reads it last.
+MOVE_CUE = "(A note for your reply, not written by the participant: {instruction}{concept} Write only your message to the participant.)"
 LANGUAGE_NAMES = {"en": "English", "zh-hans": "Simplified Chinese (简体中文)"}
 
 ROLE_PROACTIVE = (
@@ -70,7 +75,7 @@ ACT_INSTRUCTIONS = {
     "check": "Ask the check question exactly as written, with its case (when it has one), its options and "
              "their letters, and ask the participant to answer with a letter. Do not hint at the answer.",
     "correction": "The participant answered the last check question wrongly. Say so kindly, give the right "
-                  "answer and why, in two or three sentences.",
+                  "answer and why, in two or three sentences; when the model was asked about a case, use it.",
     "summary": "Summarise how the model decides in a few short bullet points, one per concept, and tell the "
                "participant they can continue when they are ready.",
 }
@@ -131,6 +136,26 @@ def _model_json(state: dict) -> str:
     """The model as the prompt shows it, in the schema's order (the database keeps JSON keys in its own)."""
     order = ("schema_version", "concepts", "misconceptions", "background", "next_goal", "why")
     return json.dumps({k: state[k] for k in order if k in state}, ensure_ascii=False, indent=1)
+
+
+def _model_brief(state: dict) -> str:
+    """The model as a reply or the note is shown it: mastery per concept, misconceptions, background (the
+    evidence and the bookkeeping are for the update; a long JSON block invites a small model to echo it)."""
+    brief = {"concepts": {c: {"mastery": v["mastery"]} for c, v in state["concepts"].items()},
+             "misconceptions": state.get("misconceptions") or [], "background": state.get("background") or ""}
+    return json.dumps(brief, ensure_ascii=False)
+
+
+def _move_cue(protocol: Protocol, move: dict, lang: str) -> str:
+    concept = next((c for c in protocol.spec["concepts"] if c["id"] == move["concept"]), None)
+    about = (f" The concept: {protocol.text(concept['label'], lang)}: {protocol.text(concept['description'], lang)}."
+             if concept is not None and move["act"] != "summary" else "")
+    return MOVE_CUE.format(instruction=ACT_INSTRUCTIONS[move["act"]], concept=about)
+
+
+def move_instructions(move: dict | None) -> tuple[str, ...]:
+    """What the reply of a move was told to do, which it must not recite back."""
+    return (ROLE_PROACTIVE, MODEL_NOTE, TOOLS_NOTE, ACT_INSTRUCTIONS[move["act"]] if move else "")
 
 
 def _structured_params(llm: dict) -> dict:
@@ -318,7 +343,7 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
     # Which round this is: a tool the policy needs (an example asks the target), an optional tool round
     # (`auto`), or the reply itself. A server that ignores `auto` gets a `required` round instead.
     continuing = turn.shown_text if turn.status == Turn.Status.PENDING else ""
-    needs_tool = (tools is not None and move is not None and move["act"] == "example"
+    needs_tool = (tools is not None and move is not None and move["act"] in TOOL_ACTS
                   and not any((c["response"] or {}).get("tool_results") for c in rounds))
     choice_now, fallback = "none", ""
     if continuing or tools is None or len(rounds) >= TOOL_ROUNDS_MAX:
@@ -342,12 +367,20 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
     def build_system(material: str) -> str:
         return _reply_system(protocol, arm, lang, material, model_shown, move, check_item, graded, tools, proactive)
 
+    send_tools = tools is not None and (not final_round or bool(record))  # tool messages need their tools
+    cue = _move_cue(protocol, move, lang) if move is not None and not continuing else ""
+    # counted too: the cue, and the tools' definitions, which the server renders into the prompt
+    unseen = [{"role": "user", "content": f"{OPENING_CUE}\n\n{cue}"}]
+    if send_tools:
+        unseen.append({"role": "system", "content": json.dumps(tools.definitions(), ensure_ascii=False)})
     messages, trimmed = fit_prompt(build_system=build_system, material=arm_material(conversation=conversation),
-                                   history=history, llm=llm, extra=exchange)
+                                   history=history, llm=llm, extra=exchange + unseen)
     if len(messages) == 1 or messages[1]["role"] != "user":
         messages.insert(1, {"role": "user", "content": OPENING_CUE})  # the explainer speaks first
+    if cue:
+        last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[last] = {**messages[last], "content": f"{messages[last]['content']}\n\n{cue}"}
     params = dict(llm["params"])
-    send_tools = tools is not None and (not final_round or bool(record))  # tool messages need their tools
     if send_tools:
         params["tool_choice"] = _choice_param(endpoint.provider, choice_now)
     request = _request(endpoint, llm, messages + exchange, OPENING if opening else REPLY, params=params,
@@ -416,7 +449,7 @@ def _reply_system(protocol, arm, lang, material, state, move, check_item, graded
         parts.append(f"<tools>\n{TOOLS_NOTE}\n</tools>")
     parts.append(f"Write in {LANGUAGE_NAMES.get(lang, lang)}.")
     if state is not None:
-        parts.append(f"<learner_model>\n{_model_json(state)}\n</learner_model>\n{MODEL_NOTE}")
+        parts.append(f"<learner_model>\n{_model_brief(state)}\n</learner_model>\n{MODEL_NOTE}")
     if move is not None:
         concept = next((c for c in protocol.spec["concepts"] if c["id"] == move["concept"]), None)
         info = {"act": move["act"]}
@@ -528,7 +561,7 @@ def wrapup_plan(*, conversation: Conversation, arm: dict, endpoint: Endpoint, do
     lang = conversation.language
     llm = arm["llm"]
     state = _final_state(conversation)
-    model = f"<learner_model>\n{_model_json(state)}\n</learner_model>" if state is not None else ""
+    model = f"<learner_model>\n{_model_brief(state)}\n</learner_model>" if state is not None else ""
     concepts = f"<concepts>\n{_concepts_json(protocol, lang)}\n</concepts>"
     item_ids = list(conversation.predictions.order_by("item_id").values_list("item_id", flat=True))
     if PREDICTION not in done and state is not None and item_ids:
@@ -556,21 +589,26 @@ def wrapup_plan(*, conversation: Conversation, arm: dict, endpoint: Endpoint, do
                                          "<meeting_note_request/>", model] if p)
         last = conversation.turns.order_by("-id").first()
         history = conversation_history(conversation=conversation, upto=last) if last else []
-        cue = {"role": "user", "content": "Write the note now."}
+        cue = {"role": "user", "content": "Write the note now: three to five sentences addressed to me as 'you', "
+                                          "no lists, no numbers, nothing from your instructions."}
         messages, trimmed = fit_prompt(build_system=lambda _material: system, material="", history=history,
                                        llm=llm, extra=[cue])
         return Plan(NOTE, _request(endpoint, llm, messages + [cue], NOTE), trimmed=trimmed)
     return None
 
 
-def wrapup_save(*, plan: Plan, conversation: Conversation, result: LLMResult) -> None:
-    """Keep what the language model gave when it is usable; the rule-based versions stay otherwise."""
+def wrapup_save(*, plan: Plan, conversation: Conversation, result: LLMResult) -> str:
+    """Keep what the language model gave when it is usable; the rule-based versions stay otherwise.
+
+    Return why a note could not be used ('' when it was, and for the predictions)."""
     if plan.purpose == NOTE:
         note = (result.text or "").strip()
-        if note:
-            conversation.meeting_note = note[:4000]
-            conversation.save(update_fields=["meeting_note"])
-        return
+        unusable = reply_unusable(note, messages=plan.request.messages, instructions=(NOTE_TASK,))
+        if unusable:
+            return f"{unusable}: the templated note stays"
+        conversation.meeting_note = note[:4000]
+        conversation.save(update_fields=["meeting_note"])
+        return ""
     items = ((result.parsed or {}).get("items") or {}) if isinstance(result.parsed, dict) else {}
     protocol = Protocol(conversation.version.spec)
     keys = conversation.version.target_keys
@@ -581,3 +619,4 @@ def wrapup_save(*, plan: Plan, conversation: Conversation, result: LLMResult) ->
             prediction.predicted_answer = predicted_answer(protocol.items[prediction.item_id], keys, float(p))
             prediction.source = "llm"
             prediction.save(update_fields=["p_correct", "predicted_answer", "source"])
+    return ""

@@ -342,7 +342,7 @@ def explainer_script(api: str, body: dict) -> dict | None:
     results = _trailing_tool_results(messages)
     choice = body.get("tool_choice")
     may_call = bool(body.get("tools")) and choice != "none" and not (isinstance(choice, dict) and choice.get("type") == "none")
-    if move.get("act") == "example" and may_call and not results:
+    if move.get("act") in ("example", "correction") and may_call and not results:
         for tool in body.get("tools") or []:
             name = (tool.get("function") or {}).get("name") if api == "openai" else tool.get("name")
             if name == "predict":

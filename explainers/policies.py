@@ -154,6 +154,45 @@ def _text(protocol: Protocol, value, lang: str) -> str:
     return protocol.text(value, lang) if value else ""
 
 
+# What only the explainer's prompt holds: a reply that contains one of these echoed its instructions.
+PROMPT_MARKERS = ("<learner_model", "</learner_model", "<next_move", "</next_move", "<concepts", "</concepts",
+                  "<material", "</material", "<tools>", "<meeting_note_request", "<evidence", "<post_test",
+                  "A note for your reply, not written by the participant")
+
+
+def prompt_echo_at(text: str) -> int | None:
+    """Where the first marker of the prompt starts in `text`, or None."""
+    found = [i for i in (text.find(marker) for marker in PROMPT_MARKERS) if i >= 0]
+    return min(found) if found else None
+
+
+ECHO_RUN = 40  # characters in a row taken from an instruction: the reply recites its instructions
+
+
+def _recites(reply: str, instruction: str) -> bool:
+    instruction = " ".join(instruction.split()).casefold()
+    return any(instruction[i:i + ECHO_RUN] in reply for i in range(0, max(1, len(instruction) - ECHO_RUN + 1), 10))
+
+
+def reply_unusable(text: str, *, messages: list[dict], instructions: tuple[str, ...] = ()) -> str:
+    """Why a model's reply cannot be shown (it echoes the prompt or recites one of `instructions`, repeats
+    the participant's message or an earlier reply of its own: small models do), or '' when it can."""
+    def norm(value) -> str:
+        return " ".join(str(value or "").split()).casefold()
+
+    reply = norm(text)
+    if not reply:
+        return "the reply was empty"
+    if prompt_echo_at(text) is not None or any(_recites(reply, i) for i in instructions if i):
+        return "the reply echoed the prompt's instructions"
+    users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
+    if users and reply == norm(users[-1]["content"].split("\n\n(A note for your reply")[0]):
+        return "the reply repeated the participant's message"
+    if any(m.get("role") == "assistant" and reply == norm(m.get("content")) for m in messages):
+        return "the reply repeated an earlier message of its own"
+    return ""
+
+
 def option_letters(item: dict) -> list[tuple[str, dict]]:
     """(letter, option) pairs as the participant reads a check question: the option ids when they are
     single letters, else A, B, C … in order."""

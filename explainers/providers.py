@@ -46,7 +46,9 @@ import openai
 PROVIDERS = ("openai", "anthropic")
 ANTHROPIC_DEFAULT_MAX_TOKENS = 1024
 NO_KEY = "not-needed"
-POOL_LIMITS = dict(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30.0)
+# A kept-alive connection is dropped after 4 s idle: local servers (llama.cpp's closes them after 5 s) would
+# otherwise close it under us and the next call fail at once with "Server disconnected".
+POOL_LIMITS = dict(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=4.0)
 
 # How `LLMRequest.response_schema` is asked for: the server enforces the schema (json_schema), or only
 # JSON (json_object), or nothing (instructions). The reply is parsed from the text in every case.

@@ -29,7 +29,7 @@ from studies.spec import llm_limits
 from . import agentic, tutor
 from .endpoints import llm_endpoint
 from .models import Conversation, LLMCall, Turn
-from .policies import CONTINUE_CUE, chat_messages
+from .policies import CONTINUE_CUE, PROMPT_MARKERS, chat_messages, prompt_echo_at, reply_unusable
 from .providers import LLMRequest, ProviderError, llm_call
 from .selectors import conversation_usage, yoked_transcript_pick
 from .streaming import TurnStream, _sync_client, redis_key
@@ -231,13 +231,14 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
         stream = TurnStream(turn_id)
         if plan.streams and previous and previous[-1] != LLMCall.Status.OK and not plan.continuing:
             stream.publish("reset")  # a new attempt after a failed one: the browser drops what it showed
-        on_delta = stream.delta if plan.streams else None  # a structured answer is never shown
+        on_delta = _EchoGuard(stream) if plan.streams else None  # a structured answer is never shown
         try:
             result = llm_call(plan.request, on_delta=on_delta)
         except ProviderError as error:
             result = error
+        shown = on_delta.finish() if on_delta is not None else ""
         stream.flush()  # the last coalesced text, before the outcome is written
-        return _outcome(turn, arm, endpoint, plan, call, result, failures, stream)
+        return _outcome(turn, arm, endpoint, plan, call, result, failures, stream, shown)
     finally:
         lease.release()
 
@@ -255,14 +256,14 @@ def _plan(turn: Turn, conversation: Conversation, arm: dict, endpoint) -> agenti
     return agentic.Plan(REPLY, request, streams=True, continuing=continuing, trimmed=trimmed)
 
 
-def _outcome(turn, arm, endpoint, plan, call, result, failures: int, stream: TurnStream) -> ReplyOutcome:
+def _outcome(turn, arm, endpoint, plan, call, result, failures: int, stream: TurnStream, shown: str) -> ReplyOutcome:
     """Store what one attempt gave: a failure (retried, cut off or final), a step of an agentic turn, or the reply."""
     llm = arm["llm"]
     if isinstance(result, ProviderError):
         if plan.purpose != REPLY:  # the learner-model update: no retry, the next run repairs it or uses the rules
             _call_failed(call, result)
             return ReplyOutcome("continue")
-        shown = _shown_text(plan, result.partial_text) if plan.streams else ""
+        shown = _shown_text(plan, shown)
         if shown:  # the participant saw part of it: keep that, never wipe it for a silent retry
             _call_failed(call, result)
             with _db():
@@ -289,8 +290,48 @@ def _outcome(turn, arm, endpoint, plan, call, result, failures: int, stream: Tur
         with _db():
             _call_succeeded(call, result, llm, response)
         return ReplyOutcome("continue")
+    unusable = "" if plan.continuing else reply_unusable(result.text, messages=plan.request.messages,
+                                                         instructions=agentic.move_instructions(plan.move))
+    if unusable:  # the templated move instead, and the call says why
+        with _db():
+            LLMCall.objects.filter(pk=call.pk).update(
+                fallback_reason=f"{unusable}: the move's templated text was sent instead"[:300])
+        result = replace(result, text="")
     return _reply_store(turn, call, result, llm, stream, lambda locked, first: agentic.agentic_reply_save(
         plan=plan, turn=locked, result=result, scripted=endpoint.scripted, first_token_at=first))
+
+
+class _EchoGuard:
+    """Publish a reply's text deltas, holding back everything from the first marker of the prompt on (a
+    small model can echo its instructions, the learner model among them) and a trailing "<" that may be
+    the start of one."""
+
+    HOLD = max(len(marker) for marker in PROMPT_MARKERS)
+
+    def __init__(self, stream: TurnStream):
+        self.stream, self.text, self.sent, self.stopped = stream, "", 0, False
+
+    def __call__(self, delta: str) -> None:
+        self.text += delta
+        if self.stopped:
+            return
+        cut = prompt_echo_at(self.text)
+        if cut is not None:
+            self.stopped = True
+            safe = cut
+        else:
+            tail = self.text.rfind("<", max(0, len(self.text) - self.HOLD))
+            safe = tail if tail >= 0 else len(self.text)
+        if safe > self.sent:
+            self.stream.delta(self.text[self.sent:safe])
+            self.sent = safe
+
+    def finish(self) -> str:
+        """Publish what was held back as a possible marker and was not one; return the text shown."""
+        if not self.stopped and len(self.text) > self.sent:
+            self.stream.delta(self.text[self.sent:])
+            self.sent = len(self.text)
+        return self.text[:self.sent]
 
 
 def _shown_text(plan, partial: str) -> str:
@@ -448,7 +489,9 @@ def conversation_wrapup(*, conversation_id: int) -> ReplyOutcome:
             return ReplyOutcome("continue")
         with _db(), transaction.atomic():
             _call_succeeded(call, result, arm["llm"])
-            agentic.wrapup_save(plan=plan, conversation=conversation, result=result)
+            unusable = agentic.wrapup_save(plan=plan, conversation=conversation, result=result)
+            if unusable:
+                LLMCall.objects.filter(pk=call.pk).update(fallback_reason=unusable[:300])
         return ReplyOutcome("continue")
     finally:
         lease.release()

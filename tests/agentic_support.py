@@ -120,9 +120,16 @@ def sections(system: str) -> dict[str, str]:
 
 
 def reply_systems(conversation: Conversation) -> list[str]:
-    """The system prompt of every reply call of the conversation, in order."""
-    calls = conversation_calls(conversation, "reply")
-    return [c.request["messages"][0]["content"] for c in calls]
+    """The system prompt of the reply of every turn of the conversation (its last round), in order."""
+    return [c.request["messages"][0]["content"] for c in final_replies(conversation)]
+
+
+def final_replies(conversation: Conversation) -> list:
+    """Each turn's last reply call (after its tool rounds, if any), in order."""
+    last = {}
+    for call in conversation_calls(conversation, "reply"):
+        last[call.turn_id] = call
+    return sorted(last.values(), key=lambda c: c.id)
 
 
 def conversation_calls(conversation: Conversation, purpose: str | None = None):

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from agentic_support import agentic_arms, conversation_calls, converse, in_process, reply_systems, sections  # noqa: F401
-from explainers.agentic import ACT_INSTRUCTIONS, MODEL_NOTE, OPENING_CUE, ROLE_ANSWER_ONLY, ROLE_PROACTIVE
+from agentic_support import agentic_arms, conversation_calls, converse, final_replies, in_process, reply_systems, sections  # noqa: F401
+from explainers.agentic import ACT_INSTRUCTIONS, MODEL_NOTE, OPENING_CUE, ROLE_ANSWER_ONLY, ROLE_PROACTIVE, _model_brief
 from explainers.models import Turn
 from studies.spec import StudyFileInvalid, study_file_read
 
@@ -22,6 +22,11 @@ def study(launch, fake_llm, in_process):
     return launch(agentic_arms)
 
 
+def shown(state: dict) -> dict:
+    """A learner model as a reply's prompt shows it."""
+    return json.loads(_model_brief(state))
+
+
 def _without(text: str, *parts: str) -> str:
     for part in parts:
         text = text.replace(part, "")
@@ -30,7 +35,7 @@ def _without(text: str, *parts: str) -> str:
 
 def _replies_to_messages(conversation):
     """The system prompts of the replies to the participant's messages (not the opening), by section."""
-    return [sections(c.request["messages"][0]["content"]) for c in conversation_calls(conversation, "reply")
+    return [sections(c.request["messages"][0]["content"]) for c in final_replies(conversation)
             if c.turn.author == Turn.Author.PARTICIPANT]
 
 
@@ -83,11 +88,11 @@ def test_a_mismatched_model_is_the_previous_participants_snapshot_by_snapshot(st
     donor_states = {s.index: s.state for s in donor.snapshots.all()}
     own_index = {s.turn_id: s.index for s in mismatched.snapshots.exclude(turn=None)}
     shown_differs = False
-    for call, f in zip(conversation_calls(mismatched, "reply"), [sections(s) for s in reply_systems(full)]):
+    for call, f in zip(final_replies(mismatched), [sections(s) for s in reply_systems(full)]):
         m = sections(call.request["messages"][0]["content"])
         assert set(m) == set(f) and m["concepts"] == f["concepts"] and m["tools"] == f["tools"]
         index = own_index.get(call.turn_id, 0)  # the opening sees the donor's first snapshot
-        assert json.loads(m["learner_model"]) == donor_states[min(index, max(donor_states))]
+        assert json.loads(m["learner_model"]) == shown(donor_states[min(index, max(donor_states))])
         shown_differs |= m["learner_model"] != f["learner_model"]
     assert shown_differs  # the full arm shows this participant's own model; the mismatched arm, the donor's
     # its own model is still updated and kept (the analysis can compare the two)
@@ -104,8 +109,8 @@ def test_a_frozen_model_is_the_pretests_in_every_prompt_and_never_updated(study)
     frozen_prompts = [sections(s) for s in reply_systems(frozen)]
     for f, z in zip([sections(s) for s in reply_systems(full)], frozen_prompts):
         assert set(f) == set(z) and f["concepts"] == z["concepts"] and f["tools"] == z["tools"]
-    assert all(json.loads(z["learner_model"]) == pretest_state for z in frozen_prompts)
-    assert json.loads(sections(reply_systems(full)[-1])["learner_model"]) != pretest_state
+    assert all(json.loads(z["learner_model"]) == shown(pretest_state) for z in frozen_prompts)
+    assert json.loads(sections(reply_systems(full)[-1])["learner_model"]) != shown(pretest_state)
     assert frozen.turns.filter(check_correct__isnull=False).exists()  # answers are still read, just not learned from
 
 

@@ -227,7 +227,9 @@ def test_a_wrong_answer_to_a_check_is_corrected_and_lowers_mastery(agentic_study
     assert after.state["concepts"][check.concept]["mastery"] < before.state["concepts"][check.concept]["mastery"]
     update = LLMCall.objects.filter(turn=answer, purpose="learner_update").get()
     assert update.request["response_schema"]["name"] == "learner_model"
-    reply = LLMCall.objects.filter(turn=answer, purpose="reply").get()
+    # a correction shows the concept on a case the target decides: a tool round, then the reply
+    tool_round, reply = LLMCall.objects.filter(turn=answer, purpose="reply").order_by("attempt")
+    assert tool_round.response["tool_results"] and answer.reply.tool_calls
     system = reply.request["messages"][0]["content"]
     assert '"act": "correction"' in system and '"previous_answer": "wrong"' in system
     assert json.dumps(after.state["concepts"][check.concept]["mastery"]) in system  # the updated model is shown

@@ -116,6 +116,7 @@ class Plan:
     final_round: bool = True
     expect_tool: bool = False                   # an `auto` round that should call a tool: none is a fallback cue
     continuing: str = ""                        # the cut-off text this reply continues
+    retried_unusable: bool = False              # an earlier round's text could not be shown: no second retry
     strategy: dict = field(default_factory=dict)  # tool_choice, structured_output, fallback_reason (LLMCall)
     trimmed: dict | None = None                 # what was left out to fit the context window (LLMCall)
 
@@ -330,7 +331,8 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
                     else snapshot[0], snapshot[1])
     done = [c for c in calls if c["purpose"] == REPLY and c["status"] == LLMCall.Status.OK]
     missed = any((c["response"] or {}).get("auto_missed") for c in done)
-    rounds = [c for c in done if not (c["response"] or {}).get("auto_missed")]
+    retried = next(((c["response"] or {})["unusable"] for c in done if (c["response"] or {}).get("unusable")), "")
+    rounds = [c for c in done if not ((c["response"] or {}).get("auto_missed") or (c["response"] or {}).get("unusable"))]
     exchange, record, earlier = [], [], []
     for c in rounds:
         response = c["response"] or {}
@@ -369,6 +371,8 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
 
     send_tools = tools is not None and (not final_round or bool(record))  # tool messages need their tools
     cue = _move_cue(protocol, move, lang) if move is not None and not continuing else ""
+    if retried and not continuing:
+        cue = f"{cue} (Your last attempt could not be used: {retried}. Write a new message in your own words.)".strip()
     # counted too: the cue, and the tools' definitions, which the server renders into the prompt
     unseen = [{"role": "user", "content": f"{OPENING_CUE}\n\n{cue}"}]
     if send_tools:
@@ -389,6 +393,7 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
                 snapshot=snapshot, graded=(question.pk, graded) if graded is not None else None,
                 earlier_text="\n\n".join(earlier), tool_record=record, tools=tools, final_round=final_round,
                 expect_tool=needs_tool and choice_now == "auto", continuing=continuing, trimmed=trimmed,
+                retried_unusable=bool(retried),
                 strategy={"tool_choice": choice_now if send_tools else "", "fallback_reason": fallback})
 
 

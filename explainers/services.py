@@ -292,10 +292,16 @@ def _outcome(turn, arm, endpoint, plan, call, result, failures: int, stream: Tur
         return ReplyOutcome("continue")
     unusable = "" if plan.continuing else reply_unusable(result.text, messages=plan.request.messages,
                                                          instructions=agentic.move_instructions(plan.move))
+    if unusable and not plan.retried_unusable:  # once more, told why; the stream drops what it showed
+        with _db():
+            _call_succeeded(call, result, llm, {**result.response, "unusable": unusable, "shown": plan.streams})
+            LLMCall.objects.filter(pk=call.pk).update(fallback_reason=f"{unusable}: asked once more"[:300])
+        stream.publish("reset")
+        return ReplyOutcome("continue")
     if unusable:  # the templated move instead, and the call says why
         with _db():
             LLMCall.objects.filter(pk=call.pk).update(
-                fallback_reason=f"{unusable}: the move's templated text was sent instead"[:300])
+                fallback_reason=f"{unusable} again: the move's templated text was sent instead"[:300])
         result = replace(result, text="")
     return _reply_store(turn, call, result, llm, stream, lambda locked, first: agentic.agentic_reply_save(
         plan=plan, turn=locked, result=result, scripted=endpoint.scripted, first_token_at=first))

@@ -271,7 +271,11 @@ def figures(version) -> dict:
                 row["waits"].append((written_at - turn.created_at).total_seconds() * 1000)
             asked = turn.text if turn.author == Turn.Author.PARTICIPANT else ""
             bad = _unusable(_text_of(last_ok), asked) if done and _text_of(last_ok) else ""
-            if bad:
+            templated = done and last_ok is not None and "templated text was sent" in (last_ok.fallback_reason or "")
+            if templated:  # the platform refused the model's text (an echo, a repetition) and showed the template
+                fallbacks.append({"what": f"{kind} turn {turn.pk}: the model's text could not be shown, a template was",
+                                  "reason": last_ok.fallback_reason})
+            elif bad:
                 unusable.append(f"{kind} {'opening' if not asked else 'reply to'} turn {turn.pk}: {bad}: "
                                 f"{_text_of(last_ok)[:80]!r}")
             elif done and _text_of(last_ok):
@@ -319,7 +323,8 @@ def figures(version) -> dict:
         else:
             failed = [c for c in wrapup["meeting_note"] if c.status == LLMCall.Status.ERROR]
             fallbacks.append({"what": f"meeting note of conversation {conversation.pk}: template",
-                              "reason": f"{failed[-1].error_kind}: {failed[-1].error[:160]}" if failed else None})
+                              "reason": (f"{failed[-1].error_kind}: {failed[-1].error[:160]}" if failed
+                                         else (note_call.fallback_reason or None) if note_call else None)})
     return {"rows": rows, "fallbacks": fallbacks, "tools": tools, "unusable": unusable}
 
 

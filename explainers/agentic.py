@@ -560,8 +560,12 @@ def agentic_finish(*, conversation: Conversation, post_items: list[dict]) -> Non
     transaction.on_commit(lambda: conversation_wrapup_task.delay(conversation.pk))
 
 
-def wrapup_plan(*, conversation: Conversation, arm: dict, endpoint: Endpoint, done: set[str]) -> Plan | None:
-    """The next end-of-step call (the post-test predictions, then the note), or None when both are made."""
+def wrapup_plan(*, conversation: Conversation, arm: dict, endpoint: Endpoint, done: set[str],
+                retry_note: str = "") -> Plan | None:
+    """The next end-of-step call (the post-test predictions, then the note), or None when both are made.
+
+    `retry_note`: why the last note could not be used; the note is asked for once more, told so.
+    """
     protocol = Protocol(conversation.version.spec)
     lang = conversation.language
     llm = arm["llm"]
@@ -594,8 +598,11 @@ def wrapup_plan(*, conversation: Conversation, arm: dict, endpoint: Endpoint, do
                                          "<meeting_note_request/>", model] if p)
         last = conversation.turns.order_by("-id").first()
         history = conversation_history(conversation=conversation, upto=last) if last else []
-        cue = {"role": "user", "content": "Write the note now: three to five sentences addressed to me as 'you', "
-                                          "no lists, no numbers, nothing from your instructions."}
+        ask = ("Write the note now: three to five sentences addressed to me as 'you', no lists, no numbers, "
+               "nothing from your instructions.")
+        if retry_note:
+            ask += f" (Your last note could not be used: {retry_note.split(':')[0]}. Write a new one in your own words.)"
+        cue = {"role": "user", "content": ask}
         messages, trimmed = fit_prompt(build_system=lambda _material: system, material="", history=history,
                                        llm=llm, extra=[cue])
         return Plan(NOTE, _request(endpoint, llm, messages + [cue], NOTE), trimmed=trimmed)
@@ -610,7 +617,7 @@ def wrapup_save(*, plan: Plan, conversation: Conversation, result: LLMResult) ->
         note = (result.text or "").strip()
         unusable = reply_unusable(note, messages=plan.request.messages, instructions=(NOTE_TASK,))
         if unusable:
-            return f"{unusable}: the templated note stays"
+            return f"{unusable}: the templated note stays (asked once more when it is the first)"
         conversation.meeting_note = note[:4000]
         conversation.save(update_fields=["meeting_note"])
         return ""

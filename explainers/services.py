@@ -471,9 +471,15 @@ def conversation_wrapup(*, conversation_id: int) -> ReplyOutcome:
         last = conversation.turns.order_by("-id").first()  # the calls are logged against the conversation's last turn
         if endpoint is None or last is None:
             return ReplyOutcome("skipped")
-        done = set(LLMCall.objects.filter(turn__conversation=conversation, purpose__in=[agentic.PREDICTION, agentic.NOTE])
-                   .values_list("purpose", flat=True))
-        plan = agentic.wrapup_plan(conversation=conversation, arm=arm, endpoint=endpoint, done=done)
+        made = list(LLMCall.objects.filter(turn__conversation=conversation, purpose__in=[agentic.PREDICTION, agentic.NOTE])
+                    .order_by("id").values_list("purpose", "fallback_reason"))
+        done = {purpose for purpose, _why in made}
+        # a note that could not be used is asked for once more, told why
+        unusable = [why for purpose, why in made if purpose == agentic.NOTE and why]
+        if len(unusable) == 1 and sum(1 for purpose, _why in made if purpose == agentic.NOTE) == 1:
+            done.discard(agentic.NOTE)
+        plan = agentic.wrapup_plan(conversation=conversation, arm=arm, endpoint=endpoint, done=done,
+                                   retry_note=unusable[0] if unusable and agentic.NOTE not in done else "")
         if plan is None:
             return ReplyOutcome("answered")
         lease = _Lease(conversation_id, kind="conversation")

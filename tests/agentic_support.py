@@ -65,7 +65,7 @@ def run(turn_id: int, limit: int = 12) -> str:
 
 
 def wrapup(conversation: Conversation) -> None:
-    for _ in range(4):
+    for _ in range(6):
         if services.conversation_wrapup(conversation_id=conversation.pk).state != "continue":
             return
 

@@ -242,8 +242,6 @@ def test_a_task_or_a_control_message_of_one_deployment_never_reaches_the_others_
         assert any(k.startswith(f"{theirs}:celery:") for k in keys)
     finally:
         their_broker.release()
-        app.pool.force_close_all()  # the ping's reply-queue connection would look like a consumer to later tests
-        app.control.mailbox.producer_pool.force_close_all()
 
 
 def ping_as(namespace: str) -> list:

@@ -94,10 +94,10 @@ def broker() -> redis.Redis:
 def _broker_is_ours():
     """Fail fast, and say why, when another process consumes from this run's Redis database: its
     worker would take our messages (and look our turn ids up in its own database)."""
-    # a consumer polls (kombu's BRPOP times out every second): a connection whose last BRPOP is older is an
-    # idle pooled one, e.g. this process's own reply queue of an earlier control.ping
+    # a consumer is blocked in BRPOP nearly all the time (flag "b"), re-issued every second; a connection
+    # whose last BRPOP ended earlier is an idle pooled one, e.g. the reply queue of an earlier control.ping
     foreign = [c for c in broker().client_list() if c.get("db") == str(broker().connection_pool.connection_kwargs.get("db", 0))
-               and c.get("cmd") in ("brpop", "blpop", "bzpopmin") and int(c.get("idle", 0)) <= 3]
+               and c.get("cmd") in ("brpop", "blpop", "bzpopmin") and ("b" in c.get("flags", "") or int(c.get("idle", 0)) <= 1)]
     assert not foreign, f"another consumer is on the broker database of this run: {foreign}; use another REDIS_URL db"
     # a worker holds up to WORKER_DB_SLOTS connections; when other processes have taken nearly all of
     # PostgreSQL's, the worker's tasks die on "too many clients" and the timings below mean nothing

@@ -2,7 +2,9 @@
 the move's template, and every call says why."""
 import pytest
 
-from agentic_support import agentic_arms, converse, in_process  # noqa: F401
+from agentic_support import agentic_arms, converse, in_process, wrapup  # noqa: F401
+from explainers import services
+from explainers.models import Conversation
 from explainers.agentic import OPENING_CUE
 from explainers.models import LLMCall, Turn
 from explainers.streaming import _backlog, _sync_client
@@ -46,3 +48,15 @@ def test_a_second_botched_reply_gives_the_moves_template_and_says_so(study, fake
         "the reply repeated the participant's message again: the move's templated text was sent instead",
     ]
     assert opening.status == Turn.Status.COMPLETE and opening.text != OPENING_CUE and opening.act == "explain"
+
+
+def test_a_botched_meeting_note_is_asked_for_once_more_and_then_kept(study, fake_llm):
+    conversation = converse(study, "full", ["ok"])
+    fake_llm.match("Write the note now", {"reply": ECHO}, times=1)
+    services.conversation_finish(conversation=conversation, post_items=[])
+    wrapup(conversation)
+    first, second = LLMCall.objects.filter(turn__conversation=conversation, purpose="meeting_note").order_by("attempt")
+    assert first.fallback_reason.startswith("the reply echoed the prompt's instructions: the templated note stays")
+    assert "could not be used" in second.request["messages"][-1]["content"] and not second.fallback_reason
+    note = Conversation.objects.get(pk=conversation.pk).meeting_note
+    assert note == second.response["text"] and "<learner_model" not in note

@@ -1,7 +1,6 @@
 """The endpoint probe: what an arm's endpoint does, found through the production call path, against the fake
 server set up to behave like the servers the field notes met."""
 import socket
-import time
 
 import pytest
 
@@ -100,13 +99,12 @@ def test_an_unreachable_endpoint_is_reported_and_the_rest_skipped(fake_llm):
 
 def test_a_hanging_endpoint_ends_within_the_arms_timeout_not_the_servers(fake_llm):
     fake_llm.set_behaviour(fail="hang")
-    started = time.monotonic()
     report = endpoint_probe(arm=chat_arm(fake_llm, timeout_s=2))
-    elapsed = time.monotonic() - started
     assert report["errors"]["stream"].startswith("timeout") and report["streaming"] is False
     assert report["errors"]["json_schema"].startswith("skipped")
     assert report["recommended"] == {"tool_choice": None, "structured_output": None}  # unknown, not "none"
-    assert elapsed < 30  # generous: one 2 s call and a GET of /v1/models, not six hung calls
+    # one hung call, cut at the arm's timeout; the other five probes are not made
+    assert len([r for r in fake_llm.requests() if r.get("body", {}).get("messages")]) == 1
 
 
 @pytest.mark.parametrize("budget_s", [0.5])

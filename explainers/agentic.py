@@ -198,12 +198,6 @@ def _weaker(structured: str) -> str | None:
     return STRUCTURED[index + 1] if index + 1 < len(STRUCTURED) else None
 
 
-def _choice_param(provider: str, choice: str):
-    if provider == "anthropic":
-        return {"none": {"type": "none"}, "required": {"type": "any"}}.get(choice, {"type": "auto"})
-    return choice
-
-
 # --------------------------------------------------------------------------- the start
 
 
@@ -386,7 +380,7 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
         messages[last] = {**messages[last], "content": f"{messages[last]['content']}\n\n{cue}"}
     params = dict(llm["params"])
     if send_tools:
-        params["tool_choice"] = _choice_param(endpoint.provider, choice_now)
+        params["tool_choice"] = choice_now  # the provider layer writes it in Anthropic's form
     request = _request(endpoint, llm, messages + exchange, OPENING if opening else REPLY, params=params,
                        tools=tools.definitions() if send_tools else None)
     return Plan(REPLY, request, streams=choice_now != "required", move=move, check_item=check_item,

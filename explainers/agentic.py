@@ -43,6 +43,7 @@ TOOL_ACTS = ("example", "correction")  # moves that show the concept on a case t
 STRUCTURED_MAX_TOKENS = 2000  # a whole learner model (or every post-test item) must fit in one answer
 # The first user message when the explainer speaks first: a plain greeting (small models answer a greeting,
 # and repeat a stage direction such as "the participant has opened the chat").
+RETRY_TEMPERATURE = 0.9  # the one retry of an unusable reply samples at least this warm (docs/agentic.md)
 OPENING_CUE = "Hello, I am ready to begin."
 # Appended to the last user message of a reply's prompt: the move again, where a small model reads it last.
 MOVE_CUE = "(A note for your reply, not written by the participant: {instruction}{concept} Write only your message to the participant.)"
@@ -379,6 +380,8 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
         last = max(i for i, m in enumerate(messages) if m["role"] == "user")
         messages[last] = {**messages[last], "content": f"{messages[last]['content']}\n\n{cue}"}
     params = dict(llm["params"])
+    if retried and not continuing:  # the same prompt at the same temperature tends to give the same text
+        params["temperature"] = max(float(params.get("temperature") or 0), RETRY_TEMPERATURE)
     if send_tools:
         params["tool_choice"] = choice_now  # the provider layer writes it in Anthropic's form
     request = _request(endpoint, llm, messages + exchange, OPENING if opening else REPLY, params=params,

@@ -34,6 +34,7 @@ def test_an_echo_of_the_prompt_is_asked_again_and_the_participant_never_sees_it(
     assert first.response["unusable"] == "the reply echoed the prompt's instructions"
     assert first.fallback_reason == "the reply echoed the prompt's instructions: asked once more"
     assert "could not be used" in second.request["messages"][-1]["content"]  # told why
+    assert second.request["params"]["temperature"] == 0.9 > first.request["params"].get("temperature", 0)
     assert not second.fallback_reason and opening.text == second.response["text"] and "<learner_model" not in opening.text
     assert "<learner_model" not in _streamed(opening.id) and "Sure." in _streamed(opening.id)
 

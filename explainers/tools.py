@@ -2,9 +2,10 @@
 
 `predict(input)` returns the target's output for an input; `what_if(input, feature, value)` returns the
 output before and after one feature changes. Only an `sklearn` target has tools (an `llm` target or none
-offers none). The inputs of the pre- and post-test `predict` items are held out: a call on one of them is
-refused, so the explainer can never look up a test answer, and the refused arguments are not echoed back
-into the next prompt.
+offers none). The inputs of the pre- and post-test `predict` items are held out: a call on any case near one
+of them (studies.heldout: every feature within its tolerance, the rule the validator applies to practice
+items) is refused, so the explainer can never look up a test answer, not even by a near miss, and the
+refused arguments are not echoed back into the next prompt.
 """
 import csv
 import io
@@ -13,14 +14,15 @@ import statistics
 import threading
 from dataclasses import dataclass
 
+from studies.heldout import HeldOutRule, held_out_rule, held_out_tests, number_of
 from studies.selectors import study_asset_get
 from studies.targets import TargetError, target_train
 
 from .models import Conversation
 
 PREDICT, WHAT_IF = "predict", "what_if"
-REFUSED = ("refused: this input is one of the study's test cases, which the explainer may not look up; "
-           "use a different example")
+REFUSED = ("refused: this input is one of the study's test cases, or too close to one, which the explainer "
+           "may not look up; use a clearly different example")
 WITHHELD = "withheld: a test case"
 
 _cache: dict[str, "TargetTools"] = {}  # by the version's sha256: its spec and assets, so never stale
@@ -30,7 +32,8 @@ _lock = threading.Lock()
 @dataclass(frozen=True)
 class TargetTools:
     features: tuple[str, ...]
-    held_out: frozenset[tuple[float, ...]]
+    held_out: tuple[tuple[str, dict], ...]  # (test item id, input)
+    rule: HeldOutRule
     typical: dict  # the median of each feature in the training data: a starting point for examples
     labels: dict   # feature -> label in English (the tools' descriptions)
     target: object  # studies.targets.TrainedTarget
@@ -51,11 +54,9 @@ class TargetTools:
                  "required": ["input", "feature", "value"], "additionalProperties": False}},
         ]
 
-    def _key(self, case) -> tuple[float, ...] | None:
-        try:
-            return tuple(float(case[f]) for f in self.features)
-        except (KeyError, TypeError, ValueError):
-            return None
+    def held_out_match(self, case: dict) -> str | None:
+        """The id of the test item whose input `case` is near, or None."""
+        return self.rule.match(case, list(self.held_out))
 
     def run(self, call: dict) -> tuple[dict, bool]:
         """Run one tool call; return (result, refused)."""
@@ -68,8 +69,11 @@ class TargetTools:
             if args.get("feature") not in self.features:
                 return {"error": f"feature must be one of: {', '.join(self.features)}"}, False
             cases.append({**case, args["feature"]: args.get("value")})
-        if any(self._key(c) in self.held_out for c in cases):
+        if any(self.held_out_match(c) is not None for c in cases):
             return {"refused": REFUSED}, True
+        if any(c.get(f) is not None and not isinstance(c.get(f), (bool, str)) and number_of(c.get(f)) is None
+               for c in cases for f in self.features):
+            return {"error": "every input value must be a finite number"}, False
         try:
             outputs = self.target.predict(cases)
         except TargetError as error:
@@ -81,9 +85,7 @@ class TargetTools:
 
 def held_out_inputs(spec: dict) -> list[dict]:
     """The inputs of every pre- and post-test `predict` item (both forms)."""
-    instruments = spec["instruments"]
-    test_ids = {i for name in ("pre_test", "post_test") for form in instruments[name]["forms"].values() for i in form}
-    return [item["input"] for item in spec["items"] if item["id"] in test_ids and item["kind"] == "predict"]
+    return [case for _, case in held_out_tests(spec)]
 
 
 def target_tools(*, conversation: Conversation) -> TargetTools | None:
@@ -102,9 +104,11 @@ def target_tools(*, conversation: Conversation) -> TargetTools | None:
     features = tuple(target["features"])
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
     typical = {f: statistics.median(float(row[f]) for row in rows) for f in features}
-    held_out = frozenset(tuple(float(case[f]) for f in features) for case in held_out_inputs(version.spec))
+    held_out = tuple(held_out_tests(version.spec))
+    rule = held_out_rule(target=target, items=version.spec["items"], rows=rows)
     labels = {f: (target.get("feature_labels", {}).get(f) or {}).get("en", f) for f in features}
-    tools = TargetTools(features=features, held_out=held_out, typical=typical, labels=labels, target=trained)
+    tools = TargetTools(features=features, held_out=held_out, rule=rule, typical=typical, labels=labels,
+                        target=trained)
     with _lock:
         _cache[version.sha256] = tools
     return tools

@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import datetime
 import difflib
+import functools
 import hashlib
 import io
+import itertools
 import json
 import os
 import posixpath
@@ -22,20 +24,28 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, NodeEvent, SequenceStartEvent
 from ruamel.yaml.nodes import MappingNode, SequenceNode
+from ruamel.yaml.scanner import RoundTripScanner
+
+from .heldout import ANY, HELD_OUT_FRACTION, held_out_rule, held_out_tests, same_question
 
 LANGUAGES = ("en", "zh-hans")
 ITEM_KINDS = ("single_choice", "multi_choice", "likert", "numeric", "text", "predict")
 ARM_KINDS = ("static", "chat", "agentic", "tutor")
 # What `arms[].options` may hold, by arm kind (docs/study-file.md).
 ARM_OPTIONS = {
-    "static": ("yoked_to",),
+    "static": ("yoked_to", "yoked_screen"),
     "chat": (),
     "agentic": ("proactive", "learner_model", "show_meeting_note"),
     "tutor": ("show_meeting_note",),
 }
 LEARNER_MODEL_OPTIONS = ("mismatched", "frozen")  # or true / false
+# A yoked arm's screen of the transcripts it shows (docs/study-file.md): `approve` (redacted, then approved by a
+# researcher) unless the study says `redact` (the automatic redaction alone).
+YOKED_SCREENS = ("approve", "redact")
+YOKED_SCREEN_DEFAULT = "approve"
 LLM_PROVIDERS = ("openai", "anthropic")
 # The longest total an attempt may be given. The broker's visibility timeout and the task limits are
 # sized from it (config/settings.py, docs/chat.md "The timing budget", tests/explainers/test_timing_budget.py).
@@ -65,6 +75,19 @@ ESTIMATOR_TASKS = {
 }
 
 STUDY_FILE = "study.yaml"
+# Limits on a study file (docs/study-file.md, "Limits on study files"). They bound the work of reading one, so no
+# upload can hold a web process: the YAML is walked event by event first and refused at the first cap it passes,
+# before anything is built from it. A node is one key, value or list entry; an alias counts as every node it
+# repeats, so the expanded size is what is capped, not the text's.
+MAX_STUDY_BYTES = 20 * 1024 * 1024  # a folder or upload: study.yaml and every file beside it, unpacked
+MAX_STUDY_FILES = 2000              # files in a folder or entries in a zip
+MAX_YAML_BYTES = 512 * 1024         # study.yaml itself
+MAX_YAML_NODES = 10_000             # nodes once every alias is expanded
+MAX_YAML_DEPTH = 50                 # nesting, aliases expanded
+MAX_YAML_ANCHORS = 200              # &anchors defined
+MAX_YAML_ALIASES = 1000             # *aliases used
+MAX_DATA_ROWS = 100_000             # rows of an sklearn target's CSV
+MAX_MATERIAL_BYTES = 1024 * 1024    # an arm's markdown material file
 SCHEMA_VERSION = 1
 FROM_TARGET = "from_target"
 DEFAULT_COMPLETION_URL = "https://app.prolific.com/submissions/complete?cc={code}"
@@ -77,6 +100,15 @@ RESERVED_SLUGS = ("login", "logout", "password", "upload")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 OPTION_ID_PATTERN = r"^\S{1,64}$"
 CODE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# recruitment.pid_pattern: the whole recruiter id must match (re.fullmatch). Prolific ids are 24 hex digits.
+PID_PATTERNS = {"prolific": r"[0-9a-fA-F]{24}", "none": r"[A-Za-z0-9._~-]{1,128}"}
+
+
+def pid_pattern_of(spec: dict) -> str:
+    """Return the regular expression a recruiter id of this (normalised) spec must match in full."""
+    recruitment = spec.get("recruitment") or {}
+    return recruitment.get("pid_pattern") or PID_PATTERNS.get(recruitment.get("platform", "prolific"), PID_PATTERNS["none"])
+
 
 _PATTERN_MESSAGES = {
     SLUG_PATTERN: "must be 2-63 lowercase letters, digits or hyphens, starting with a letter or digit",
@@ -145,6 +177,9 @@ def study_file_read(path) -> StudyFile:
     yaml_path = folder / STUDY_FILE
     if not yaml_path.is_file():
         raise StudyFileInvalid([SpecError("", f"file not found: {yaml_path}", STUDY_FILE, None)])
+    size = yaml_path.stat().st_size
+    if size > MAX_YAML_BYTES:  # refused before it is read
+        raise StudyFileInvalid([_yaml_too_big(size)])
     try:
         text = yaml_path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -156,6 +191,7 @@ def study_file_read(path) -> StudyFile:
 
 def study_text_parse(text: str, assets: dict[str, bytes]) -> dict:
     """Validate the text of a study.yaml against its assets; return the normalised spec."""
+    yaml_caps_check(text)
     doc, errors = _yaml_load(text)
     if doc is None:
         raise StudyFileInvalid(errors)
@@ -225,6 +261,14 @@ def _obj(properties: dict, required=(), description: str = "", **extra) -> dict:
         schema["description"] = description
     schema.update(extra)
     return schema
+
+
+def _display_schema() -> dict:
+    return _obj(
+        {"model_links": {"type": "boolean",
+                         "description": "render links the model writes as links (default false: as plain text)"}},
+        description="how model output is shown, for the study or one arm; see docs/study-file.md",
+    )
 
 
 def _id(description: str) -> dict:
@@ -381,6 +425,11 @@ def _build_schema() -> dict:
                         "description": "where a finished participant is sent; null: show the code on the last page",
                     },
                     "allow_without_pid": {"type": "boolean"},
+                    "pid_pattern": {
+                        "type": "string", "minLength": 1, "maxLength": 200,
+                        "description": "a regular expression the whole recruiter id must match; default: 24 hex "
+                                       "digits on Prolific, URL-safe characters (1-128) otherwise",
+                    },
                 },
                 required=("completion_code", "no_consent_code"),
             ),
@@ -417,6 +466,20 @@ def _build_schema() -> dict:
                         "description": "llm: the question put to the model, with {feature} placeholders",
                     },
                     "llm": {"$ref": "#/$defs/llm"},
+                    "held_out": _obj(
+                        {
+                            "fraction": {"type": "number", "minimum": 0, "maximum": 1,
+                                         "description": "a feature's default tolerance, as a fraction of its "
+                                                        f"range (default {HELD_OUT_FRACTION})"},
+                            "tolerance": {
+                                "type": "object",
+                                "additionalProperties": {"type": ["number", "string"], "minimum": 0},
+                                "description": "feature -> the largest difference still counted as the same "
+                                               "value (a number), or `any` (the feature is not compared)",
+                            },
+                        },
+                        description="how near a case must be to a test case to count as it (docs/study-file.md)",
+                    ),
                 },
                 "allOf": [
                     {
@@ -481,6 +544,7 @@ def _build_schema() -> dict:
                             },
                             description="caps of this arm: allocation stops at them; see docs/study-file.md",
                         ),
+                        "display": _display_schema(),
                         "system_prompt": _text("The explainer's instructions (never shown to participants)."),
                         "llm": {"$ref": "#/$defs/llm"},
                     },
@@ -509,6 +573,7 @@ def _build_schema() -> dict:
                 }
             ),
             "debrief": _text("Shown at the end, markdown."),
+            "display": _display_schema(),
         },
     }
 
@@ -520,21 +585,155 @@ _VALIDATOR = Draft202012Validator(_SCHEMA)
 # --------------------------------------------------------------------------- YAML and lines
 
 
+def yaml_caps_check(text: str) -> None:
+    """Raise StudyFileInvalid if the text passes a limit on study files; cheap and bounded by the limits.
+
+    Walks the parser's events once, builds nothing, and stops at the first cap passed, with the path and
+    line where it was passed: the size in bytes, the nodes once every alias is expanded, the nesting
+    (aliases expanded), the anchors and aliases, and an alias inside the node it names (endless).
+    """
+    size = len(text.encode("utf-8"))
+    if size > MAX_YAML_BYTES:
+        raise StudyFileInvalid([_yaml_too_big(size)])
+    error = _yaml_events_check(text)
+    if error is not None:
+        raise StudyFileInvalid([error])
+
+
+class _FlowTooDeep(MarkedYAMLError):
+    pass
+
+
+class _GuardScanner(RoundTripScanner):
+    """The round-trip scanner, refusing `[` and `{` nested past the limit as soon as it scans them: its look-ahead
+    for a key after each one costs the square of the brackets open (a line of 1,000 took a second)."""
+
+    def fetch_flow_collection_start(self, TokenClass, to_push) -> None:  # noqa: N803 (ruamel's name)
+        if len(self.flow_context) >= MAX_YAML_DEPTH:
+            raise _FlowTooDeep(None, None, f"is nested more than {MAX_YAML_DEPTH} levels deep", self.reader.get_mark())
+        super().fetch_flow_collection_start(TokenClass, to_push)
+
+
+class _Frame:
+    """An open sequence or mapping while the events are walked."""
+
+    __slots__ = ("anchor", "is_seq", "started_at", "children", "key", "height")
+
+    def __init__(self, anchor, is_seq: bool, started_at: int):
+        self.anchor, self.is_seq, self.started_at = anchor, is_seq, started_at
+        self.children, self.key, self.height = 0, None, 0
+
+
+@functools.lru_cache(maxsize=8)  # an upload is checked before its slug is read, then again when it is validated
+def _yaml_events_check(text: str) -> SpecError | None:
+    anchors: dict = {}  # anchor -> (nodes, height) of the node it names, once that node has ended
+    stack: list[_Frame] = []
+    nodes = n_anchors = n_aliases = 0
+
+    def refuse(event, message: str) -> SpecError:
+        return SpecError(_frames_path(stack), message, line=event.start_mark.line + 1)
+
+    yaml = YAML(typ="rt")
+    yaml.Scanner = _GuardScanner
+    try:
+        for event in yaml.parse(io.StringIO(text)):
+            if isinstance(event, CollectionEndEvent):
+                frame = stack.pop()
+                height = frame.height + 1
+                if frame.anchor is not None:
+                    anchors[frame.anchor] = (nodes - frame.started_at, height)
+                if stack:
+                    stack[-1].height = max(stack[-1].height, height)
+                continue
+            if not isinstance(event, NodeEvent):
+                continue
+            parent = stack[-1] if stack else None
+            if parent is not None:
+                if not parent.is_seq and parent.children % 2 == 0:  # a key: the path goes on with it
+                    parent.key = event.value if isinstance(getattr(event, "value", None), str) else None
+                parent.children += 1
+            if isinstance(event, AliasEvent):
+                n_aliases += 1
+                if n_aliases > MAX_YAML_ALIASES:
+                    return refuse(event, f"uses more than {MAX_YAML_ALIASES} aliases (*name); the limit keeps a "
+                                         "study file quick to read")
+                if any(f.anchor == event.anchor for f in stack):
+                    return refuse(event, f"the alias *{event.anchor} is inside the node it names, which never ends")
+                count, height = anchors.get(event.anchor, (1, 1))  # an unknown alias is reported by the parser
+            else:
+                if event.anchor is not None:
+                    n_anchors += 1
+                    if n_anchors > MAX_YAML_ANCHORS:
+                        return refuse(event, f"defines more than {MAX_YAML_ANCHORS} anchors (&name); the limit "
+                                             "keeps a study file quick to read")
+                count, height = 1, 1
+            nodes += count
+            if nodes > MAX_YAML_NODES:
+                return refuse(event, f"the file grows past {MAX_YAML_NODES:,} nodes here (keys, values and list "
+                                     "entries, each alias counted as all it repeats); write it shorter, or use "
+                                     "fewer aliases")
+            if len(stack) + height > MAX_YAML_DEPTH:
+                return refuse(event, f"is nested more than {MAX_YAML_DEPTH} levels deep (aliases expanded)")
+            if parent is not None:
+                parent.height = max(parent.height, height)
+            if isinstance(event, CollectionStartEvent):
+                stack.append(_Frame(event.anchor, isinstance(event, SequenceStartEvent), nodes - 1))
+            elif not isinstance(event, AliasEvent) and event.anchor is not None:  # an anchored scalar
+                anchors[event.anchor] = (1, 1)
+    except _FlowTooDeep as exc:  # the scanner is ahead of the events: the path is where they had got to
+        return SpecError(_frames_path(stack), f"{exc.problem} (aliases expanded)", line=exc.problem_mark.line + 1)
+    except MarkedYAMLError as exc:
+        return _yaml_syntax_error(exc)
+    except YAMLError as exc:  # e.g. a control character the reader refuses
+        return _yaml_reader_error(exc, text)
+    return None
+
+
+def _frames_path(stack: list[_Frame]) -> str:
+    path = [("?" if f.key is None else f.key) if not f.is_seq else max(f.children - 1, 0) for f in stack]
+    if len(path) > 12:  # a path as deep as the nesting refused says nothing more
+        path = path[:6] + ["…"] + path[-5:]
+    return _path_str(path)
+
+
+def _yaml_too_big(size: int) -> SpecError:
+    return SpecError("", f"is {size:,} bytes; the limit for {STUDY_FILE} is {MAX_YAML_BYTES:,} bytes "
+                         f"({_size_text(MAX_YAML_BYTES)}; long texts can go in material files)")
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"
+
+
+def _yaml_reader_error(exc: YAMLError, text: str) -> SpecError:
+    position = getattr(exc, "position", None)
+    line = text[:position].count("\n") + 1 if isinstance(position, int) else None
+    character = getattr(exc, "character", None)
+    if isinstance(character, str) and len(character) == 1:
+        character = ord(character)
+    shown = f" ({character:#06x})" if isinstance(character, int) else ""
+    return SpecError("", f"invalid yaml: a character YAML does not allow{shown}", line=line)
+
+
 def _yaml_load(text: str) -> tuple[object, list[SpecError]]:
-    """Parse YAML; report every duplicate key (not just the first) and syntax errors."""
+    """Parse YAML; report every duplicate key (not just the first) and syntax errors.
+
+    Call `yaml_caps_check` first: the walk over the composed nodes expands every alias.
+    """
     errors: list[SpecError] = []
     yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = True  # each duplicate is reported below, with both lines
     try:
         root = yaml.compose(io.StringIO(text))
     except MarkedYAMLError as exc:
         return None, [_yaml_syntax_error(exc)]
+    except YAMLError as exc:
+        return None, [_yaml_reader_error(exc, text)]
     if root is None:
         return None, [SpecError("", "is empty")]
     _duplicate_keys(root, (), errors)
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = True
-    try:
-        doc = yaml.load(io.StringIO(text))
+    try:  # from the nodes already composed: the text is parsed once
+        doc = yaml.constructor.construct_document(root)
     except MarkedYAMLError as exc:
         return None, errors + [_yaml_syntax_error(exc)]
     return doc, errors
@@ -708,6 +907,19 @@ def _mapping(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _repeats(values: list) -> list[bool]:
+    """For each entry, whether an equal one came before it (in linear time: lists can be long)."""
+    seen, out = set(), []
+    for value in values:
+        try:
+            key = (0, value) if hash(value) is not None else None
+        except TypeError:
+            key = (1, repr(value))
+        out.append(key in seen)
+        seen.add(key)
+    return out
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -740,9 +952,19 @@ class _Checker:
         self.check_llm_limits()
         self.check_items()
         self.check_instruments()
+        self.check_held_out()
         self.check_arms()
         self.check_allocation()
         self.check_budgets()
+        self.check_recruitment()
+
+    def check_recruitment(self) -> None:
+        pattern = _mapping(self.data.get("recruitment")).get("pid_pattern")
+        if isinstance(pattern, str):
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                self.error(("recruitment", "pid_pattern"), f"is not a valid regular expression: {error}")
 
     # -- localised text
 
@@ -803,7 +1025,14 @@ class _Checker:
         except UnicodeDecodeError:
             self.error(("target", "data"), f"is not utf-8 text: {data}")
             return
-        rows = list(csv.reader(io.StringIO(text)))
+        try:
+            rows = list(itertools.islice(csv.reader(io.StringIO(text)), MAX_DATA_ROWS + 2))
+        except csv.Error as exc:
+            self.error(("target", "data"), f"is not a readable CSV file: {data} ({exc})")
+            return
+        if len(rows) > MAX_DATA_ROWS + 1:
+            self.error(("target", "data"), f"has more than {MAX_DATA_ROWS:,} data rows, the limit: {data}")
+            return
         if not rows or not rows[0]:
             self.error(("target", "data"), f"has no header row: {data}")
             return
@@ -878,8 +1107,9 @@ class _Checker:
             kind = item.get("kind")
             options = [o.get("id") for _, o in _dicts(item.get("options"))]
             options = [str(o) for o in options if isinstance(o, (str, int)) and not isinstance(o, bool)]
-            for j, option in enumerate(options):
-                if option in options[:j]:
+            for j, repeated in enumerate(_repeats(options)):
+                if repeated:
+                    option = options[j]
                     self.error(("items", i, "options", j, "id"), f"duplicate option id '{option}'")
             key = item.get("key")
             if key == FROM_TARGET and kind != "predict":
@@ -943,9 +1173,9 @@ class _Checker:
                 ids = forms.get(form)
                 if not isinstance(ids, list):
                     continue
-                for j, ident in enumerate(ids):
+                for j, (ident, repeated) in enumerate(zip(ids, _repeats(ids))):
                     path = ("instruments", name, "forms", form, j)
-                    if ident in ids[:j]:
+                    if repeated:
                         self.error(path, f"item '{ident}' is already in this form")
                     if ident not in items:
                         self.error(path, f"unknown item '{ident}'")
@@ -960,11 +1190,12 @@ class _Checker:
                 self.error(("instruments", name, "forms", "B"),
                            f"must have as many items as form A ({len(a)}, not {len(b)})")
         questionnaire = instruments.get("questionnaire")
-        for j, ident in enumerate(questionnaire if isinstance(questionnaire, list) else []):
+        questionnaire = questionnaire if isinstance(questionnaire, list) else []
+        for j, (ident, repeated) in enumerate(zip(questionnaire, _repeats(questionnaire))):
             path = ("instruments", "questionnaire", j)
             if ident not in items:
                 self.error(path, f"unknown item '{ident}'")
-            elif ident in questionnaire[:j]:
+            elif repeated:
                 self.error(path, f"item '{ident}' is already in the questionnaire")
         practice = instruments.get("practice")
         tests = set(used_in["pre_test"]) | set(used_in["post_test"])
@@ -978,6 +1209,57 @@ class _Checker:
                 self.error(path, f"item '{ident}' needs a key and a concept to be a check question")
             elif items[ident].get("kind") not in ("single_choice", "predict") or not items[ident].get("options"):
                 self.error(path, f"item '{ident}' must be a single_choice or predict item with options")
+
+    # -- held-out test cases
+
+    def check_held_out(self) -> None:
+        """A practice item must not rehearse a test item: its input is not near a test case (the rule of
+        studies.heldout, which the target tools apply too), and it does not ask a test item's question."""
+        settings = _mapping(_mapping(self.target).get("held_out"))
+        features = _mapping(self.target).get("features")
+        for feature, value in _mapping(settings.get("tolerance")).items():
+            path = ("target", "held_out", "tolerance", feature)
+            if isinstance(features, list) and feature not in features:
+                self.error(path, "not one of target.features")
+            elif isinstance(value, str) and value != ANY:
+                self.error(path, f"must be a number or {ANY}")
+        practice = _mapping(self.data.get("instruments")).get("practice")
+        if not isinstance(practice, list):
+            return
+        items = list(_dicts(self.data.get("items")))
+        tests = held_out_tests(self.data)
+        test_ids = {ident for ident, _ in tests}
+        for name in ("pre_test", "post_test"):
+            for ids in _mapping(_mapping(_mapping(self.data.get("instruments")).get(name)).get("forms")).values():
+                test_ids.update(i for i in (ids if isinstance(ids, list) else []) if isinstance(i, str))
+        wanted = {ident for ident in practice if isinstance(ident, str)} - test_ids
+        rule = None
+        for i, item in items:
+            if item.get("id") not in wanted:
+                continue
+            if item.get("kind") == "predict" and isinstance(item.get("input"), dict):
+                if rule is None:
+                    rule = held_out_rule(target=self.target, items=[it for _, it in items], rows=self.data_rows())
+                near = rule.match(item["input"], tests)
+                if near is not None:
+                    self.error(("items", i, "input"),
+                               f"practice item '{item['id']}' is within the held-out distance of test item '{near}' "
+                               f"({rule.describe()}); a practice case must differ from every test case "
+                               "(or set target.held_out)")
+                continue
+            for _, test in items:
+                if test.get("id") in test_ids and test.get("kind") != "predict" \
+                        and same_question(item.get("prompt"), test.get("prompt")):
+                    self.error(("items", i, "prompt"),
+                               f"practice item '{item['id']}' asks the same question as test item '{test['id']}'; "
+                               "the practice bank must not rehearse a test item")
+                    break
+
+    def data_rows(self) -> list[dict] | None:
+        """The target's training data as rows of column -> text, if it has any."""
+        if self.csv_header is None:
+            return None
+        return [dict(zip(self.csv_header, row)) for row in self.csv_rows]
 
     # -- arms and files
 
@@ -1015,6 +1297,10 @@ class _Checker:
                 self.error(path, "must be true or false")
             elif name == "learner_model" and not (isinstance(value, bool) or value in LEARNER_MODEL_OPTIONS):
                 self.error(path, "must be one of: true, false, mismatched, frozen")
+            elif name == "yoked_screen" and value not in YOKED_SCREENS:
+                self.error(path, f"must be one of: {', '.join(YOKED_SCREENS)}")
+            elif name == "yoked_screen" and not options.get("yoked_to"):
+                self.error(path, "applies only with yoked_to")
             elif name == "yoked_to":
                 if value not in kinds:
                     self.error(path, f"unknown arm '{value}'")
@@ -1032,6 +1318,10 @@ class _Checker:
         return True
 
     def check_markdown(self, path, file: str) -> None:
+        if len(self.assets[file]) > MAX_MATERIAL_BYTES:
+            self.error(path, f"{file} is {_size_text(len(self.assets[file]))}; the limit for a material file is "
+                             f"{_size_text(MAX_MATERIAL_BYTES)} (images go in files of their own)")
+            return
         try:
             text = self.assets[file].decode("utf-8")
         except UnicodeDecodeError:
@@ -1039,7 +1329,7 @@ class _Checker:
             return
         base = posixpath.dirname(file)
         for number, line in enumerate(text.splitlines(), start=1):
-            for ref in _IMAGE_REF.findall(line) + _HTML_IMAGE_REF.findall(line):
+            for ref in _image_refs(line):
                 if _EXTERNAL_REF.match(ref):
                     continue
                 target = _clean(posixpath.join(base, ref.split("#")[0].split("?")[0]))
@@ -1083,8 +1373,39 @@ class _Checker:
                                f"{kind} arms call no language model; only chat and agentic arms take this cap")
 
 
-_IMAGE_REF = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'][^\"']*[\"'])?\s*\)")
-_HTML_IMAGE_REF = re.compile(r"<img\b[^>]*\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
+# Image references are found by a scan in linear time: a regular expression like `<img\b[^>]*\bsrc...` tried at
+# every `<img` of a long line is quadratic (a 40 KB line of `<img` took 5 s), a bomb of its own.
+_MD_TOKEN = re.compile(r"!\[|\]\(|\]")
+_MD_TARGET = re.compile(r"[ \t]*(?:<([^<>\n]{1,1000})>|([^)\s<>]+))")
+_HTML_IMG = re.compile(r"<img\b", re.IGNORECASE)
+_HTML_SRC = re.compile(r"\bsrc[ \t]*=[ \t]*[\"']([^\"'>]+)[\"']", re.IGNORECASE)
+
+
+def _image_refs(line: str) -> list[str]:
+    """The targets of the line's `![alt](target)` and `<img src="target">`, in order of kind."""
+    refs, alt_open, resume = [], False, 0
+    for token in _MD_TOKEN.finditer(line):
+        if token.start() < resume:
+            continue
+        if token.group() == "![":
+            alt_open = True
+            continue
+        if token.group() == "](" and alt_open:
+            target = _MD_TARGET.match(line, token.end())
+            if target:
+                refs.append((target.group(1) or target.group(2)).strip())
+                resume = target.end()
+        alt_open = False
+    resume = 0
+    for tag in _HTML_IMG.finditer(line):
+        if tag.start() < resume:
+            continue
+        end = line.find(">", tag.end())
+        resume = len(line) if end < 0 else end
+        src = _HTML_SRC.search(line, tag.end(), resume)
+        if src:
+            refs.append(src.group(1))
+    return refs
 _EXTERNAL_REF = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*:|//|#)")
 
 
@@ -1143,6 +1464,7 @@ def _sorted_unique(errors: list[SpecError]) -> list[SpecError]:
 def _assets_read(folder: Path) -> dict[str, bytes]:
     """Read every non-hidden file of the folder except study.yaml, keyed by POSIX path."""
     assets = {}
+    total = 0
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
         for name in sorted(files):
@@ -1151,6 +1473,14 @@ def _assets_read(folder: Path) -> dict[str, bytes]:
             full = Path(root) / name
             relative = full.relative_to(folder).as_posix()
             if relative != STUDY_FILE:
+                if len(assets) >= MAX_STUDY_FILES:
+                    raise StudyFileInvalid([SpecError("", f"the folder holds more than {MAX_STUDY_FILES} files",
+                                                      file=str(folder))])
+                total += full.stat().st_size
+                if total > MAX_STUDY_BYTES:  # the same limit as an upload's, so a folder loads as its zip would
+                    raise StudyFileInvalid([SpecError(
+                        "", f"the folder's files come to more than {_size_text(MAX_STUDY_BYTES)}, the limit",
+                        file=str(folder))])
                 assets[relative] = full.read_bytes()
     return dict(sorted(assets.items()))
 
@@ -1196,10 +1526,14 @@ def _normalise(data: dict) -> dict:
                 "completion_url", DEFAULT_COMPLETION_URL if recruitment.get("platform", "prolific") == "prolific" else None
             ),
             "allow_without_pid": recruitment.get("allow_without_pid", False),
+            # declared only when given, so files without one keep their sha256 (default: pid_pattern_of)
+            **({"pid_pattern": recruitment["pid_pattern"]} if recruitment.get("pid_pattern") else {}),
         },
         "withdrawal": {"data": (data.get("withdrawal") or {}).get("data", "keep")},
         # budgets appear only when declared, so files without one keep their sha256
         **({"budget": dict(data["budget"])} if data.get("budget") is not None else {}),
+        # like budgets, `display` appears only when declared
+        **({"display": dict(data["display"])} if data.get("display") is not None else {}),
         "concepts": [
             {"id": c["id"], "label": text(c["label"]), "description": text(c.get("description"))}
             for c in data.get("concepts") or []
@@ -1211,6 +1545,7 @@ def _normalise(data: dict) -> dict:
             "features": list(target["features"]),
             "feature_labels": {f: text(v) for f, v in (target.get("feature_labels") or {}).items()},
             "llm": _normalise_llm(target["llm"]),
+            **_normalise_held_out(target),
         } if target["kind"] == "llm" else {
             "kind": target["kind"],
             "estimator": target["estimator"],
@@ -1221,6 +1556,7 @@ def _normalise(data: dict) -> dict:
             "features": list(target["features"]),
             "label": target["label"],
             "feature_labels": {f: text(v) for f, v in (target.get("feature_labels") or {}).items()},
+            **_normalise_held_out(target),
         },
         "items": [_normalise_item(item, text, task) for item in data["items"]],
         "instruments": {
@@ -1241,6 +1577,7 @@ def _normalise(data: dict) -> dict:
                 **({"budget": dict(arm["budget"])} if arm.get("budget") is not None else {}),
                 "system_prompt": text(arm.get("system_prompt")),
                 "llm": _normalise_llm(arm.get("llm")),
+                **({"display": dict(arm["display"])} if arm.get("display") is not None else {}),
             }
             for arm in arms
         ],
@@ -1252,6 +1589,15 @@ def _normalise(data: dict) -> dict:
         },
         "debrief": text(data["debrief"]),
     }
+
+
+def _normalise_held_out(target: dict) -> dict:
+    """`{"held_out": ...}` when the file sets it, else nothing (so files without it keep their sha256)."""
+    held_out = target.get("held_out")
+    if held_out is None:
+        return {}
+    tolerance = {f: v if v == ANY else float(v) for f, v in (held_out.get("tolerance") or {}).items()}
+    return {"held_out": {"fraction": float(held_out.get("fraction", HELD_OUT_FRACTION)), "tolerance": tolerance}}
 
 
 def _normalise_material(material, languages) -> dict | None:
@@ -1297,6 +1643,21 @@ def _llm_timing(llm: dict) -> dict:
         idle = float(own.get("idle_s", llm.get("idle_s", LLM_IDLE_DEFAULT_S)))
         timing[kind] = {"timeout_s": total, "ttft_s": min(ttft, total), "idle_s": min(idle, total)}
     return timing
+
+
+def model_links_allowed(spec: dict, arm_id: str) -> bool:
+    """Whether links in the model's replies are rendered as links for this arm (the arm's `display`, else the
+    study's, else no)."""
+    arm = next((a for a in spec.get("arms") or [] if a.get("id") == arm_id), {})
+    for display in (arm.get("display"), spec.get("display")):
+        if display and "model_links" in display:
+            return bool(display["model_links"])
+    return False
+
+
+def yoked_screen(arm: dict) -> str:
+    """The screen a yoked arm's transcripts pass: "approve" or "redact" (YOKED_SCREEN_DEFAULT when unsaid)."""
+    return (arm.get("options") or {}).get("yoked_screen") or YOKED_SCREEN_DEFAULT
 
 
 def llm_limits(*, llm: dict, kind: str) -> dict:

@@ -13,24 +13,48 @@ import re
 import stat
 import zipfile
 
-from .spec import STUDY_FILE, SpecError, StudyFile, StudyFileInvalid, canonical_hash, study_text_parse
+from .spec import (
+    MAX_STUDY_BYTES,
+    MAX_STUDY_FILES,
+    STUDY_FILE,
+    SpecError,
+    StudyFile,
+    StudyFileInvalid,
+    canonical_hash,
+    study_text_parse,
+    yaml_caps_check,
+)
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # the upload itself, and the sum of the unpacked files
-MAX_FILES = 2000
+# The limits are those of a folder on disk (studies.spec, docs/study-file.md "Limits on study files").
+MAX_UPLOAD_BYTES = MAX_STUDY_BYTES  # the upload itself, and the sum of the unpacked files
+MAX_FILES = MAX_STUDY_FILES
 YAML_NAMES = (".yaml", ".yml")
 _SKIPPED_DIRS = ("__pycache__", "__MACOSX")
 
 
 def upload_files(*, filename: str, content: bytes) -> tuple[dict[str, bytes], bool]:
-    """Return (files by POSIX path, whether study.yaml came alone) from an upload; raise StudyFileInvalid."""
+    """Return (files by POSIX path, whether study.yaml came alone) from an upload; raise StudyFileInvalid.
+
+    The study.yaml returned has passed `yaml_caps_check`, so whatever reads it next (the slug's peek, the
+    validation) does bounded work.
+    """
     if len(content) > MAX_UPLOAD_BYTES:
         raise StudyFileInvalid([_error(f"the upload is {_mb(len(content))}; the limit is {_mb(MAX_UPLOAD_BYTES)}",
                                        file=filename)])
     if filename.lower().endswith(YAML_NAMES):
-        return {STUDY_FILE: content}, True
-    if not zipfile.is_zipfile(io.BytesIO(content)):
+        files, alone = {STUDY_FILE: content}, True
+    elif not zipfile.is_zipfile(io.BytesIO(content)):
         raise StudyFileInvalid([_error("upload a .zip of the study folder, or its study.yaml", file=filename)])
-    return _zip_files(content, filename), False
+    else:
+        files, alone = _zip_files(content, filename), False
+    if STUDY_FILE in files:
+        try:
+            text = files[STUDY_FILE].decode("utf-8")
+        except UnicodeDecodeError:
+            pass  # reported by study_files_read, with the reason
+        else:
+            yaml_caps_check(text)
+    return files, alone
 
 
 def study_files_read(files: dict[str, bytes], *, source: str) -> StudyFile:

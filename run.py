@@ -444,8 +444,8 @@ def start_app(children: Children, env: dict[str, str], port: int) -> None:
 
 def print_banner(port: int, researcher_ready: bool) -> None:
     base = f"http://127.0.0.1:{port}"
-    pid = "demo-" + secrets.token_hex(4)
-    link = f"{base}/s/{EXAMPLE_SLUG}/?PROLIFIC_PID={pid}&STUDY_ID=demo&SESSION_ID=demo"
+    pid = secrets.token_hex(12)  # a Prolific id is 24 hex digits; the study refuses others
+    link = f"{base}/s/{EXAMPLE_SLUG}/?PROLIFIC_PID={pid}&STUDY_ID=demo&SESSION_ID=demo-{secrets.token_hex(4)}"
     password = (VAR / "demo-password").read_text().strip()
     llm = os.environ.get("LLM_BASE_URL")
     lines = [
@@ -453,7 +453,7 @@ def print_banner(port: int, researcher_ready: bool) -> None:
         "=" * 78,
         "Teachback demo is running.",
         "",
-        "Participant link (change PROLIFIC_PID to be a new participant):",
+        "Participant link (another PROLIFIC_PID of 24 hex digits, and another SESSION_ID, is a new participant):",
         f"  {link}",
         "",
         "Researcher console (owner of the example study):",

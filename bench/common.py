@@ -17,6 +17,7 @@ connections and aiohttp is not installed here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import resource
@@ -350,7 +351,8 @@ class Stack:
         policy = AnswerPolicy("key", Protocol(version.spec), version.target_keys, random.Random(0))
         made = []
         for i in range(n):
-            participant = services.participant_enter(slug=SLUG, pid=f"{prefix}-{i:05d}", language="en")
+            pid = hashlib.sha256(f"{prefix}-{i:05d}".encode()).hexdigest()[:24]  # a valid Prolific id
+            participant = services.participant_enter(slug=SLUG, pid=pid, language="en")
             services.participant_consent(participant_id=participant.pk, accept=True)
             if step == "explanation":
                 participant = Participant.objects.get(pk=participant.pk)

@@ -157,3 +157,17 @@ class ErasedSpend(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version} / {self.arm}: {self.participants} erased"
+
+
+class ResumeLink(models.Model):
+    """A one-time link that moves a participant's run to another browser. Only the token's hash is stored;
+    the link works once, until `expires_at`."""
+
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="resume_links")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"resume link {self.pk} ({'used' if self.used_at else 'unused'})"

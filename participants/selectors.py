@@ -5,7 +5,7 @@ from decimal import Decimal
 from urllib.parse import quote
 
 from django.conf import settings
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Exists, OuterRef, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -77,14 +77,17 @@ def participant_chat_turn(*, participant: Participant, turn_id: int) -> Turn | N
 
 
 def seats_held(*, version: StudyVersion) -> dict[str, int]:
-    """Per arm, the seats taken: completed, or active and seen within SEAT_HOLD_MINUTES. One query.
+    """Per arm, the seats taken: completed, or active with a first answer stored and seen within
+    SEAT_HOLD_MINUTES. One query.
 
-    Pilots and simulated participants take no seat. A seat is freed by withdrawal, erasure, or an active
-    participant not seen for SEAT_HOLD_MINUTES (docs/allocation.md).
+    Opening the link or consenting takes no seat: the first answer does (docs/allocation.md, "Budgets").
+    Pilots and simulated participants take none. A seat is freed by withdrawal, erasure, or an active
+    participant not seen for SEAT_HOLD_MINUTES.
     """
     cutoff = timezone.now() - timedelta(minutes=settings.SEAT_HOLD_MINUTES)
     recent = Q(last_seen_at__gte=cutoff) | Q(allocated_at__gte=cutoff)
-    held = Q(status=Participant.Status.COMPLETED) | (Q(status=Participant.Status.ACTIVE) & recent)
+    answered = Exists(Response.objects.filter(participant=OuterRef("pk")))
+    held = Q(status=Participant.Status.COMPLETED) | (Q(status=Participant.Status.ACTIVE) & recent & answered)
     rows = (Participant.objects.filter(held, version=version, is_pilot=False, is_simulated=False)
             .exclude(arm="").values("arm").annotate(n=Count("id")).values_list("arm", "n"))
     return dict(rows)

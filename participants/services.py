@@ -5,11 +5,14 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import secrets
+import time
 from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Sum
 from django.db.models.functions import Coalesce
@@ -25,17 +28,20 @@ from studies.protocol import Protocol
 from studies.scoring import answer_evaluate
 from studies.selectors import study_get_for_researcher, study_version_open
 from studies.services import ARM_UNAVAILABLE, BUDGET, StudyStateError, study_state_set
+from studies.spec import pid_pattern_of
 
-from .models import STEP_ORDER, AllocationSequence, ErasedSpend, PageVisit, Participant, Response, Step
+from .models import STEP_ORDER, AllocationSequence, ErasedSpend, PageVisit, Participant, Response, ResumeLink, Step
 from .pseudonyms import pseudonym as pseudonym_of
-from .selectors import arms_open, cost_by_arm, participant_chat_turn
+from .selectors import arms_open, cost_by_arm, participant_chat_turn, seats_held
 
 _rng = random.SystemRandom()
 CLIENT_EVENT_KEYS = ("visibility_changes", "hidden_ms", "paste_count", "first_input_ms", "blur_count")
 
 
 class EntryRefused(Exception):
-    """Entry is not possible; `reason` is one of not_open, paused, full (every arm at its cap), pid_required."""
+    """Entry is not possible; `reason` is one of not_open, paused, full (every arm at its cap), pid_required,
+    pid_invalid (not of the study's `recruitment.pid_pattern`), in_progress (that PID's run is active in
+    another browser and recruiter session: resuming it needs the same browser or the same SESSION_ID)."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -64,6 +70,11 @@ class AllocationError(Exception):
 
 class ArmsFull(AllocationError):
     """Every arm the platform can run is at its budget cap: nobody new can be allocated."""
+
+
+class SeatsTaken(AllocationError):
+    """The participant's arm filled its seats (`budget.max_completers`) between their consent and their first
+    answer: the answer is not stored and they hold no seat (docs/allocation.md, "Budgets")."""
 
 
 class ArmUnavailable(AllocationError):
@@ -100,17 +111,27 @@ def identifier_hash(value: str) -> str:
 
 def participant_enter(
     *, slug: str, pid: str, recruiter_study_id: str = "", session_id: str = "", language: str = "en",
-    link_kind: str | None = None,
+    link_kind: str | None = None, browser_token: str = "",
 ) -> Participant:
-    """Return the participant for this PID (resuming), or create one. Safe under concurrent entries."""
+    """Return the participant for this PID (resuming), or create one. Safe under concurrent entries.
+
+    A PID must match the study's `recruitment.pid_pattern` in full, unless the entry comes through a signed
+    pilot or simulated-participant link. An active participant is resumed only by the same browser (its
+    session holds `browser_token`, the participant's token) or the same recruiter session (the SESSION_ID
+    whose hash was stored at their first entry); anyone else with the PID is refused as `in_progress`.
+    """
     version = study_version_open(slug=slug)
     if version is None:
         raise EntryRefused("not_open")
+    pid = pid.strip()
+    if pid and not link_kind and not pid_valid(spec=version.spec, pid=pid):
+        raise EntryRefused("pid_invalid")
     pid_hash = identifier_hash(pid) if pid else None
+    session_hash = identifier_hash(session_id) if session_id else ""
     if pid_hash:
         existing = Participant.objects.filter(study_id=version.study_id, pid_hash=pid_hash).first()
         if existing is not None:
-            return existing
+            return _resumable(existing, session_hash=session_hash, browser_token=browser_token)
     if version.state != StudyVersion.State.LIVE:
         raise EntryRefused("paused")
     if not pid_hash and not (version.spec["recruitment"]["allow_without_pid"] or link_kind):
@@ -126,7 +147,7 @@ def participant_enter(
                 version=version,
                 version_sha256=version.sha256,
                 pid_hash=pid_hash,
-                session_hash=identifier_hash(session_id) if session_id else "",
+                session_hash=session_hash,
                 recruiter_study_id=recruiter_study_id[:64],
                 language=language,
                 is_pilot=link_kind == "pilot",
@@ -136,7 +157,95 @@ def participant_enter(
             participant.save(update_fields=["pseudonym"])
             return participant
     except IntegrityError:
-        return Participant.objects.get(study_id=version.study_id, pid_hash=pid_hash)
+        existing = Participant.objects.get(study_id=version.study_id, pid_hash=pid_hash)
+        return _resumable(existing, session_hash=session_hash, browser_token=browser_token)
+
+
+def pid_valid(*, spec: dict, pid: str) -> bool:
+    """Whether `pid` matches the study's recruiter-id pattern in full (docs/study-file.md, `recruitment`)."""
+    return re.fullmatch(pid_pattern_of(spec), pid) is not None
+
+
+def _resumable(participant: Participant, *, session_hash: str, browser_token: str) -> Participant:
+    """Return the existing participant if this entry may resume them, else raise EntryRefused("in_progress").
+
+    A finished participant (completed, withdrawn, declined) lands on their end page, which shows nothing of
+    their run. An active one needs the same browser or the same recruiter session.
+    """
+    if participant.status != Participant.Status.ACTIVE:
+        return participant
+    same_browser = bool(browser_token) and hmac.compare_digest(browser_token, participant.token)
+    same_session = bool(session_hash) and hmac.compare_digest(session_hash, participant.session_hash or "")
+    if not (same_browser or same_session):
+        raise EntryRefused("in_progress")
+    return participant
+
+
+def entry_rate_allow(*, ip: str, session_id: str = "") -> bool:
+    """Count one arrival for this client address and recruiter session; return whether both are within
+    ENTRY_RATE_PER_IP and ENTRY_RATE_PER_SESSION per ENTRY_RATE_WINDOW_S (0: that limit is off).
+
+    Fixed windows in the cache (Redis); the keys hold keyed hashes, never the address or the session id.
+    """
+    window = max(1, settings.ENTRY_RATE_WINDOW_S)
+    allowed = True
+    for kind, value, limit in (("ip", ip, settings.ENTRY_RATE_PER_IP),
+                               ("session", session_id, settings.ENTRY_RATE_PER_SESSION)):
+        if limit > 0 and value:
+            allowed = _window_count(f"entry-rate:{kind}:{identifier_hash(value)[:32]}", window) <= limit and allowed
+    return allowed
+
+
+def _window_count(key: str, window: int) -> int:
+    """Add one to the counter of the current `window`-second window of `key`; return the new count."""
+    bucket = f"{key}:{int(time.time() // window)}"
+    cache.add(bucket, 0, timeout=window + 1)
+    try:
+        return cache.incr(bucket)
+    except ValueError:  # expired between add and incr
+        cache.set(bucket, 1, timeout=window + 1)
+        return 1
+
+
+def resume_link_create(*, participant: Participant) -> tuple[str, ResumeLink]:
+    """Issue the participant's one-time link to continue on another device; return (token, link).
+
+    Only the token's sha256 is stored. An earlier unused link of theirs stops working: one at a time.
+    """
+    _require_consent(participant)
+    token = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        ResumeLink.objects.filter(participant=participant, used_at__isnull=True).delete()
+        link = ResumeLink.objects.create(
+            participant=participant, token_hash=_resume_hash(token),
+            expires_at=timezone.now() + timedelta(hours=settings.RESUME_LINK_HOURS),
+        )
+    return token, link
+
+
+def resume_link_redeem(*, slug: str, token: str) -> Participant | None:
+    """Consume a one-time resume link; return its participant with a new token (the run moves to the
+    browser that opened the link: the old browser's session no longer finds it), or None when the link is
+    unknown, used, expired, of another study, or its participant has finished."""
+    if not token:
+        return None
+    with transaction.atomic():
+        link = (ResumeLink.objects.select_for_update(of=("self",)).select_related("participant__study")
+                .filter(token_hash=_resume_hash(token), used_at__isnull=True, expires_at__gt=timezone.now()).first())
+        if link is None or link.participant.study.slug != slug:
+            return None
+        link.used_at = timezone.now()
+        link.save(update_fields=["used_at"])
+        participant = _lock(link.participant_id)
+        if participant.status != Participant.Status.ACTIVE:
+            return None
+        participant.token = secrets.token_urlsafe(32)
+        participant.save(update_fields=["token"])
+        return participant
+
+
+def _resume_hash(token: str) -> str:
+    return hashlib.sha256(f"resume:{token}".encode()).hexdigest()
 
 
 def participant_language_set(*, participant: Participant, language: str) -> None:
@@ -210,6 +319,8 @@ def response_submit(
         if not remaining or item_id != remaining[0]:
             return participant, False
         scored = answer_evaluate(protocol, item_id, values, confidence, participant.version.target_keys)
+        if participant.arm and not Response.objects.filter(participant=participant).exists():
+            _seat_take(participant)  # the first answer takes the seat (raises SeatsTaken: nothing stored)
         visit = _visit_submit(participant, page=f"{phase}:{item_id}", client=client)
         Response.objects.create(
             participant=participant,
@@ -432,6 +543,22 @@ def _allocate(participant: Participant, *, stratum: str) -> None:
     participant.stratum = stratum.split(":")[0] if stratum.startswith("band") else ""
     participant.allocation_index = index
     participant.allocated_at = timezone.now()
+
+
+def _seat_take(participant: Participant) -> None:
+    """Check, under the version's seats lock, that the participant's arm still has a seat for them; raise
+    SeatsTaken if its `budget.max_completers` seats were all taken since they were allocated at consent.
+
+    Call with the participant's row locked, before their first answer is stored: that answer is the seat.
+    """
+    version = participant.version
+    arm = next((a for a in version.spec["arms"] if a["id"] == participant.arm), None)
+    cap = ((arm or {}).get("budget") or {}).get("max_completers")
+    if cap is None or participant.is_pilot or participant.is_simulated:
+        return
+    _sequence_locked(version, SEATS_STRATUM)
+    if seats_held(version=version).get(participant.arm, 0) >= cap:
+        raise SeatsTaken(f"arm {participant.arm} of {version} has no seat left")
 
 
 def _arm_unavailable_pause(unavailable: ArmUnavailable) -> None:

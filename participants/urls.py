@@ -17,5 +17,6 @@ urlpatterns = [
     path("s/<slug:slug>/debrief/", views.debrief, name="debrief"),
     path("s/<slug:slug>/done/", views.done, name="done"),
     path("s/<slug:slug>/withdraw/", views.withdraw, name="withdraw"),
+    path("s/<slug:slug>/device/", views.device, name="device"),
     path("s/<slug:slug>/asset/<path:path>", views.asset, name="asset"),
 ]

@@ -18,10 +18,11 @@ from explainers.selectors import conversation_transcript, yoked_transcript
 from explainers.services import ArmUnavailable
 from studies.protocol import Protocol
 from studies.scoring import AnswerInvalid
-from studies.selectors import entry_link_kind, study_asset_get
+from studies.selectors import entry_link_verify, study_asset_get
+from studies.spec import model_links_allowed
 
 from . import services
-from .chat_display import reply_html, transcript_view, usage_view
+from .chat_display import model_links, reply_html, transcript_view, usage_view
 from .markdown import reading_minutes, render_markdown
 from .models import STEP_ORDER, Participant, Step
 from .selectors import completion_url, participant_current_item, participant_get_by_token
@@ -61,34 +62,76 @@ def _closed(request: HttpRequest) -> HttpResponse:
     return _notice(request, _("This study is closed for now"), _("Thank you for your interest. The study is not taking new participants at the moment. Please return it on Prolific."), status=403)
 
 
+ENTRY_LINK_PROBLEMS = {
+    "invalid": (403, lambda: _("This link is not valid"), lambda: _("This study link is not valid. Please open the study from the link you were given.")),
+    "old_version": (410, lambda: _("This link is out of date"), lambda: _("This link belongs to an earlier version of the study. Please ask the researcher for the current link.")),
+    "expired": (410, lambda: _("This link has expired"), lambda: _("This link is no longer valid. Please ask the researcher for a new link.")),
+}
+
+
+def _client_ip(request: HttpRequest) -> str:
+    """The client's address: from CLIENT_IP_HEADER when a trusted proxy sets it (X-Forwarded-For: the last
+    address, the one the proxy added), else the socket's."""
+    header = settings.CLIENT_IP_HEADER
+    if header:
+        value = request.META.get("HTTP_" + header.upper().replace("-", "_"), "")
+        value = value.split(",")[-1].strip()
+        if value:
+            return value
+    return request.META.get("REMOTE_ADDR", "")
+
+
 @require_GET
 def entry(request: HttpRequest, slug: str) -> HttpResponse:
-    """The study link: create or resume the participant, then land on their current step."""
+    """The study link: create or resume the participant, then land on their current step.
+
+    `?resume=` is a one-time link to continue on this device. The browser that holds the participant in its
+    session resumes without counting against the entry limits; any other arrival is counted first.
+    """
     params = request.GET
+    if params.get("resume"):
+        moved = services.resume_link_redeem(slug=slug, token=params["resume"][:128])
+        if moved is None:
+            return _notice(request, _("This link no longer works"), _("This link to continue on another device has been used already or has expired. Please continue in the browser where you were, or open the study again from your Prolific link there."), status=410)
+        request.session.cycle_key()
+        request.session[_session_key(slug)] = moved.token
+        return redirect(step_url(moved))
     pid = (params.get("PROLIFIC_PID") or params.get("pid") or "").strip()[:PID_MAX_CHARS]
     link_kind = None
     for name in ("pilot", "sim"):
         if params.get(name):
-            link_kind = entry_link_kind(slug=slug, token=params[name])
-    if not pid and not link_kind:
-        resumed = participant_get_by_token(token=request.session.get(_session_key(slug), ""))
-        if resumed is not None:
-            return redirect(step_url(resumed))
+            link_kind, problem = entry_link_verify(slug=slug, token=params[name])
+            if problem:
+                status, title, message = ENTRY_LINK_PROBLEMS[problem]
+                return _notice(request, title(), message(), status=status)
+    browser_token = request.session.get(_session_key(slug), "")
+    resumed = participant_get_by_token(token=browser_token)
+    if resumed is not None and resumed.study.slug == slug and not link_kind and (
+            not pid or resumed.pid_hash == services.identifier_hash(pid)):
+        return redirect(step_url(resumed))
+    if link_kind != "simulated" and not services.entry_rate_allow(
+            ip=_client_ip(request), session_id=params.get("SESSION_ID", "")):
+        response = _notice(request, _("Please wait a moment"), _("There have been too many attempts to open this study from your connection. Please wait a few minutes, then open the study again from your Prolific link."), status=429)
+        response["Retry-After"] = str(settings.ENTRY_RATE_WINDOW_S)
+        return response
     language = params.get("lang") or get_language_from_request(request)
     try:
         participant = services.participant_enter(
             slug=slug, pid=pid, recruiter_study_id=params.get("STUDY_ID", ""),
             session_id=params.get("SESSION_ID", ""), language=language, link_kind=link_kind,
+            browser_token=browser_token,
         )
     except services.EntryRefused as refused:
         if refused.reason in ("paused", "full"):
             return _closed(request)
         messages = {
-            "not_open": (_("This study is not open"), _("There is no study at this address, or it has not started yet.")),
-            "pid_required": (_("Please use your study link"), _("This address needs your Prolific ID. Please open the study from the link on Prolific.")),
+            "not_open": (404, _("This study is not open"), _("There is no study at this address, or it has not started yet.")),
+            "pid_required": (403, _("Please use your study link"), _("This address needs your Prolific ID. Please open the study from the link on Prolific.")),
+            "pid_invalid": (400, _("Please use your study link"), _("The participant ID in this address is not one we can accept. Please open the study from the link on Prolific, without changing it.")),
+            "in_progress": (409, _("This study is already in progress in another browser"), _("Please continue in the browser where you started: it takes you back to where you were. To switch devices, open \"Continue on another device\" at the bottom of any study page there, and open the link it gives you on this device.")),
         }
-        title, message = messages[refused.reason]
-        return _notice(request, title, message, status=404 if refused.reason == "not_open" else 403)
+        status, title, message = messages[refused.reason]
+        return _notice(request, title, message, status=status)
     request.session[_session_key(slug)] = participant.token
     return redirect(step_url(participant))
 
@@ -186,6 +229,8 @@ def _instrument(request: HttpRequest, participant: Participant) -> HttpResponse:
             error = ANSWER_ERRORS.get(str(invalid), ANSWER_ERRORS["required"])()
         except services.StepError:
             pass
+        except services.SeatsTaken:  # their arm filled up between their consent and this first answer
+            return _notice(request, _("This study has just filled up"), _("We are sorry: the places in this study were taken while you were reading the consent form, and nothing you answered was stored. Please return the study on Prolific."), status=403)
         except services.AllocationError:  # allocation after the pre-test found every arm at its cap
             return _closed(request)
         if error is None:
@@ -285,7 +330,8 @@ def _chat_context(participant: Participant) -> dict | None:
         return None
     slug = participant.study.slug
     return {
-        **transcript_view(conversation_transcript(conversation=conversation)), "scripted": conversation.scripted,
+        **transcript_view(conversation_transcript(conversation=conversation), links=model_links(conversation)),
+        "scripted": conversation.scripted,
         "usage": usage_view(conversation), "max_chars": settings.CHAT_MESSAGE_MAX_CHARS,
         "send_url": reverse("participants:chat_send", kwargs={"slug": slug}),
         "events_url": reverse("participants:chat_events", kwargs={"slug": slug, "turn_id": 0}),
@@ -294,10 +340,13 @@ def _chat_context(participant: Participant) -> dict | None:
 
 
 def _yoked_context(participant: Participant) -> dict | None:
-    """A yoked static arm: the transcript of another participant's agentic conversation, or None when none
-    had ended for this participant's place (the arm's material is shown; the conversation records it)."""
+    """A yoked static arm: the screened (redacted) transcript of another participant's agentic conversation, or
+    None when none had passed its screen for this participant's place (the arm's material is shown; the
+    conversation records it)."""
     conversation = services.chat_conversation(participant_id=participant.pk)
-    turns = [{"author": t.author, "text": t.text, "html": reply_html(t.text) if t.author == Turn.Author.EXPLAINER else ""}
+    links = model_links_allowed(participant.version.spec, participant.arm)
+    turns = [{"author": t.author, "text": t.text,
+              "html": reply_html(t.text, links=links) if t.author == Turn.Author.EXPLAINER else ""}
              for t in yoked_transcript(conversation=conversation)]
     return {"turns": turns, "scripted": conversation.scripted} if turns else None
 
@@ -358,6 +407,25 @@ def withdraw(request: HttpRequest, participant: Participant) -> HttpResponse:
     return _page(request, "withdraw.html", _context(
         participant, deletes=mode == "delete", back_url=step_url(participant), withdrawing=True,
     ))
+
+
+@require_http_methods(["GET", "POST"])
+@participant_page(None)
+def device(request: HttpRequest, participant: Participant) -> HttpResponse:
+    """Continue on another device: a POST issues a one-time link that moves the run to the browser that opens it."""
+    if participant.status != Participant.Status.ACTIVE or not participant.has_consented:
+        return redirect(step_url(participant))
+    link, expires_at = "", None
+    if request.method == "POST":
+        token, resume = services.resume_link_create(participant=participant)
+        entry_url = reverse("participants:entry", kwargs={"slug": participant.study.slug})
+        link, expires_at = request.build_absolute_uri(f"{entry_url}?resume={token}"), resume.expires_at
+    response = _page(request, "device.html", _context(
+        participant, link=link, expires_at=expires_at, back_url=step_url(participant), withdrawing=True,  # no footer
+        hours=settings.RESUME_LINK_HOURS,
+    ))
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def _has_url(participant: Participant) -> bool:

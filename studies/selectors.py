@@ -1,10 +1,14 @@
 """Reads on studies."""
 import difflib
 import io
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.core import signing
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
+from django.utils import timezone
 
 from .models import Membership, Study, StudyAsset, StudyVersion
 from .protocol import Protocol
@@ -122,16 +126,59 @@ def study_asset_get(*, version_id: int, path: str) -> StudyAsset | None:
     return StudyAsset.objects.filter(version_id=version_id, path=path).first()
 
 
-def entry_link_token(*, slug: str, kind: str) -> str:
-    """Return the signed token of a pilot or simulated-participant link for a study."""
+@dataclass(frozen=True)
+class EntryLink:
+    """A signed pilot or simulated-participant link's token, the version it admits to and when it expires."""
+
+    token: str
+    kind: str
+    number: int
+    expires_at: datetime
+
+
+def entry_link_issue(*, slug: str, kind: str, number: int | None = None, days: int | None = None) -> EntryLink:
+    """Sign a pilot or simulated-participant link for one version of a study (default: the open version,
+    else the latest) that expires after `days` (default PILOT_LINK_DAYS)."""
     assert kind in ENTRY_KINDS
-    return signing.dumps({"s": slug, "k": kind}, salt=_ENTRY_SALT, compress=True)
+    if number is None:
+        open_version = study_version_open(slug=slug)
+        number = open_version.number if open_version else (
+            StudyVersion.objects.filter(study__slug=slug).order_by("-number").values_list("number", flat=True).first() or 0)
+    days = settings.PILOT_LINK_DAYS if days is None else days
+    expires_at = (timezone.now() + timedelta(days=days)).replace(microsecond=0)
+    token = signing.dumps({"s": slug, "k": kind, "v": number, "x": int(expires_at.timestamp())},
+                          salt=_ENTRY_SALT, compress=True)
+    return EntryLink(token=token, kind=kind, number=number, expires_at=expires_at)
 
 
-def entry_link_kind(*, slug: str, token: str) -> str | None:
-    """Return the kind of a signed entry token for this study, or None if it is not valid."""
+def entry_link_token(*, slug: str, kind: str, number: int | None = None) -> str:
+    """Return the signed token of a pilot or simulated-participant link (see `entry_link_issue`)."""
+    return entry_link_issue(slug=slug, kind=kind, number=number).token
+
+
+def entry_link_check(*, slug: str, token: str, number: int) -> tuple[str | None, str]:
+    """Return (kind, "") for a valid entry token of version `number` of this study, else (None, problem):
+    problem is "invalid" (not ours, altered, another study), "old_version" or "expired"."""
     try:
         data = signing.loads(token, salt=_ENTRY_SALT)
     except signing.BadSignature:
-        return None
-    return data.get("k") if data.get("s") == slug and data.get("k") in ENTRY_KINDS else None
+        return None, "invalid"
+    if not isinstance(data, dict) or data.get("s") != slug or data.get("k") not in ENTRY_KINDS:
+        return None, "invalid"
+    if data.get("v") != number:  # also every token signed before links carried a version
+        return None, "old_version"
+    if not isinstance(data.get("x"), int) or data["x"] <= timezone.now().timestamp():
+        return None, "expired"
+    return data["k"], ""
+
+
+def entry_link_verify(*, slug: str, token: str) -> tuple[str | None, str]:
+    """`entry_link_check` against the study's open version; with none open, (None, "") (the entry says
+    the study is not open)."""
+    version = study_version_open(slug=slug)
+    return entry_link_check(slug=slug, token=token, number=version.number) if version else (None, "")
+
+
+def entry_link_kind(*, slug: str, token: str) -> str | None:
+    """Return the kind of a signed entry token valid now for the study's open version, or None."""
+    return entry_link_verify(slug=slug, token=token)[0]

@@ -1,6 +1,8 @@
 """Shared fixtures: the example study launched from a (possibly edited) copy of its folder, the fake model,
 a real Celery worker, and the app under uvicorn with Debian Chromium for the browser tests."""
+import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -71,13 +73,35 @@ def live_study(db, launch):
     return launch(static_only)
 
 
+HEX_PID = re.compile(r"[0-9a-fA-F]{24}")
+
+
+def hex_pid(label: str) -> str:
+    """A valid Prolific id (24 hex digits) for a readable label: the label itself if it is one already,
+    else the first 24 hex digits of its sha256 (the same label always gives the same id)."""
+    return label if HEX_PID.fullmatch(label) else hashlib.sha256(label.encode()).hexdigest()[:24]
+
+
+@pytest.fixture(autouse=True)
+def _entry_rate_limits_off(settings):
+    """Every test client comes from 127.0.0.1 and the counters live in Redis across tests: the entry limits
+    are off unless a test turns them on (tests/participants/test_entry_hardening.py)."""
+    settings.ENTRY_RATE_PER_IP = 0
+    settings.ENTRY_RATE_PER_SESSION = 0
+
+
 @pytest.fixture
 def enter():
-    """Return a function that enters a study as a participant through the study link."""
+    """Return a function that enters a study as a participant through the study link.
+
+    `pid` is a label or a Prolific id: a label becomes a valid id through `hex_pid`. Every participant
+    has a recruiter session of their own (SESSION_ID), unless the test passes one.
+    """
 
     def make(version, pid="PID0000000000000000000001", client=None, **params):
         client = client or Client()
-        query = {"PROLIFIC_PID": pid, "STUDY_ID": "S1", "SESSION_ID": "SESSION1", **params}
+        pid = hex_pid(pid)
+        query = {"PROLIFIC_PID": pid, "STUDY_ID": "S1", "SESSION_ID": f"SESSION-{pid}", **params}
         response = client.get(f"/s/{version.study.slug}/", query)
         return client, response
 
@@ -148,13 +172,16 @@ def chat_study(launch, fake_llm):
 
 
 class CeleryWorker:
-    """A real `celery -A config worker` process on the test database and a flushed test broker."""
+    """A real `celery -A config worker` process on the test database and a flushed test broker.
 
-    def __init__(self, env: dict, log_path: Path, concurrency: int, beat: bool):
+    `args` replaces the command after `celery -A config` (e.g. a deployment file's worker or beat line)."""
+
+    def __init__(self, env: dict, log_path: Path, concurrency: int, beat: bool, args: list[str] | None = None):
         self.env, self.log_path, self.concurrency, self.beat = env, log_path, concurrency, beat
+        self.args = args
         self.process = None
 
-    def start(self, timeout: float = 30.0) -> "CeleryWorker":
+    def start(self, timeout: float = 90.0) -> "CeleryWorker":  # generous: six test runs may share two cores
         import subprocess
         import sys
         import time
@@ -162,16 +189,25 @@ class CeleryWorker:
         command = [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "threads",
                    "--concurrency", str(self.concurrency), "--loglevel", "INFO", "--without-mingle",
                    "--without-gossip", "-n", f"test-{time.monotonic_ns()}@%h"]
-        if self.beat:
+        ready = " ready."
+        if self.args is not None:
+            command = [sys.executable, "-m", "celery", "-A", "config", *self.args]
+            if "worker" in self.args:
+                command += ["-n", f"test-{time.monotonic_ns()}@%h"]
+            else:
+                ready = "beat: Starting..."
+        env = self.env
+        if self.beat:  # the tests' single-process setup; production refuses -B (config/celery.py)
             command += ["-B", "-s", str(self.log_path.with_suffix(".beat"))]
+            env = {**env, "WORKER_BEAT_ALLOWED": "1"}
         log = self.log_path.open("a")
-        self.process = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, env=self.env,
+        self.process = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, env=env,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the worker exited: {self.log()[-2000:]}")
-            if " ready." in self.log():
+            if ready in self.log():
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"the worker did not start: {self.log()[-2000:]}")
@@ -220,6 +256,7 @@ def app_process_env(fake_llm) -> dict:
         "LLM_API_KEY": "",
         "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
         "PYTHONUNBUFFERED": "1",
+        "ENTRY_RATE_PER_IP": "0",  # every browser test arrives from 127.0.0.1 (see _entry_rate_limits_off)
     }
 
 
@@ -234,9 +271,9 @@ def celery_worker_factory(transactional_db, fake_llm, tmp_path):
     env = app_process_env(fake_llm)
     workers = []
 
-    def start(concurrency: int = 50, beat: bool = False, **extra_env) -> CeleryWorker:
+    def start(concurrency: int = 50, beat: bool = False, args: list[str] | None = None, **extra_env) -> CeleryWorker:
         worker = CeleryWorker({**env, **{k: str(v) for k, v in extra_env.items()}},
-                              tmp_path / f"worker-{len(workers)}.log", concurrency, beat)
+                              tmp_path / f"worker-{len(workers)}.log", concurrency, beat, args)
         workers.append(worker)
         return worker.start()
 

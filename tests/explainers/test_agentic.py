@@ -7,6 +7,7 @@ import time
 import pytest
 
 from agentic_support import agentic_arms, answer_last_check, conversation_calls, converse, in_process, wrapup  # noqa: F401
+from conftest import hex_pid
 from explainers import services
 from explainers.agentic import OPENING_CUE, TOOL_ROUNDS_MAX
 from explainers.models import Conversation, LearnerModelSnapshot, LLMCall, PostTestPrediction, Turn
@@ -98,7 +99,7 @@ def test_a_learner_who_does_not_know_a_concept_is_taught_and_checked_on_it(
 def test_the_opening_is_written_once_even_when_its_task_is_delivered_three_times(
         launch, fake_llm, celery_worker_factory):
     version = launch(full_only)
-    participant = participant_enter(slug=version.study.slug, pid="opening-twice-0000000001")
+    participant = participant_enter(slug=version.study.slug, pid=hex_pid("opening-twice-0000000001"))
     participant = participant_consent(participant_id=participant.pk, accept=True)
     protocol = Protocol(version.spec)
     for item_id in protocol.phase_item_ids("pre_test", participant.form_order):

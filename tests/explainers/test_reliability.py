@@ -24,7 +24,7 @@ from participants.bots import AnswerPolicy
 from participants.models import Participant, Step
 from participants.services import chat_send, participant_consent, participant_enter, response_submit
 from studies.protocol import Protocol
-from conftest import chat_only
+from conftest import chat_only, hex_pid
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,7 +39,7 @@ def chat_participants(version, n: int, tag: str) -> list[Participant]:
     protocol = Protocol(version.spec)
     out = []
     for i in range(n):
-        participant = participant_enter(slug=version.study.slug, pid=f"{tag}{i:04d}".ljust(24, "0")[:24])
+        participant = participant_enter(slug=version.study.slug, pid=hex_pid(f"{tag}{i:04d}"))
         participant = participant_consent(participant_id=participant.pk, accept=True)
         answers = AnswerPolicy("key", protocol, version.target_keys, random.Random(i))
         for item_id in protocol.phase_item_ids(Step.PRE_TEST, participant.form_order):

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import connection
 
+from conftest import hex_pid
 from participants import services
 from participants.models import AllocationSequence, Participant, Step
 
@@ -24,7 +25,7 @@ def three_arms(data, *, weights=(1, 1, 1), block_size=6, when="consent"):
 
 def _arrive_and_consent(slug: str, n: int) -> int:
     try:
-        participant = services.participant_enter(slug=slug, pid=f"arrival-{n:06d}")
+        participant = services.participant_enter(slug=slug, pid=hex_pid(f"arrival-{n:06d}"))
         return services.participant_consent(participant_id=participant.pk, accept=True).pk
     finally:
         connection.close()
@@ -100,11 +101,11 @@ def test_after_pretest_allocation_is_stratified_by_pretest_band(launch, enter, s
     low, _ = enter(version, pid="knows-nothing-0000000000")
     step_through(low, version)
     step_through(low, version, times=5, policy="accuracy:0")
-    assert Participant.objects.get(pid_hash=services.identifier_hash("knows-nothing-0000000000")).stratum == "band0"
+    assert Participant.objects.get(pid_hash=services.identifier_hash(hex_pid("knows-nothing-0000000000"))).stratum == "band0"
     strata = set(AllocationSequence.objects.values_list("stratum", flat=True))
     assert {"forms", f"band1:{participant.form_order}"} <= strata
 
 
 def _consent_only(slug: str, n: int) -> None:
-    participant = services.participant_enter(slug=slug, pid=f"serial-{n:06d}")
+    participant = services.participant_enter(slug=slug, pid=hex_pid(f"serial-{n:06d}"))
     services.participant_consent(participant_id=participant.pk, accept=True)

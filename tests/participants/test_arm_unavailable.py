@@ -3,6 +3,7 @@ audit row naming the arm and a red banner on the monitor, and nobody is sent to 
 import pytest
 from django.contrib.auth import get_user_model
 
+from conftest import hex_pid
 from participants import services
 from participants.models import AllocationSequence, Participant
 from studies.models import AuditEvent, Membership, StudyVersion
@@ -45,7 +46,7 @@ def test_an_arm_that_cannot_run_pauses_the_study_and_nobody_is_allocated(live_wi
 
 def test_the_service_raises_an_allocation_error_and_the_pause_is_kept(live_with_chat):
     version = live_with_chat
-    participant = services.participant_enter(slug=version.study.slug, pid="PIDSERVICE000000000000001")
+    participant = services.participant_enter(slug=version.study.slug, pid=hex_pid("PIDSERVICE000000000000001"))
     with pytest.raises(services.ArmUnavailable, match="arm chat of") as raised:
         services.participant_consent(participant_id=participant.pk, accept=True)
     assert isinstance(raised.value, services.AllocationError)
@@ -55,7 +56,7 @@ def test_the_service_raises_an_allocation_error_and_the_pause_is_kept(live_with_
 
 def test_with_the_model_back_the_study_resumes_and_allocates_both_arms(live_with_chat, settings, fake_llm):
     version = live_with_chat
-    first = services.participant_enter(slug=version.study.slug, pid="PIDRESUME0000000000000001")
+    first = services.participant_enter(slug=version.study.slug, pid=hex_pid("PIDRESUME0000000000000001"))
     with pytest.raises(services.ArmUnavailable):
         services.participant_consent(participant_id=first.pk, accept=True)
     settings.SCRIPTED_LLM_URL = fake_llm.url
@@ -63,14 +64,14 @@ def test_with_the_model_back_the_study_resumes_and_allocates_both_arms(live_with
 
     study_state_set(slug=version.study.slug, state=StudyVersion.State.LIVE)
     arms = [services.participant_consent(participant_id=first.pk, accept=True).arm]
-    second = services.participant_enter(slug=version.study.slug, pid="PIDRESUME0000000000000002")
+    second = services.participant_enter(slug=version.study.slug, pid=hex_pid("PIDRESUME0000000000000002"))
     arms.append(services.participant_consent(participant_id=second.pk, accept=True).arm)
     assert sorted(arms) == ["chat", "static"]  # a block of two holds both arms
 
 
 def test_the_monitor_shows_a_red_banner_naming_the_arm(live_with_chat):
     version = live_with_chat
-    participant = services.participant_enter(slug=version.study.slug, pid="PIDMONITOR000000000000001")
+    participant = services.participant_enter(slug=version.study.slug, pid=hex_pid("PIDMONITOR000000000000001"))
     with pytest.raises(services.ArmUnavailable):
         services.participant_consent(participant_id=participant.pk, accept=True)
     from django.test import Client
@@ -89,7 +90,7 @@ def test_an_arm_of_a_kind_the_platform_cannot_run_is_still_an_allocation_error(l
     spec = version.spec
     spec["arms"][1]["kind"] = "hologram"
     StudyVersion.objects.filter(pk=version.pk).update(spec=spec)
-    participant = services.participant_enter(slug=version.study.slug, pid="PIDKIND00000000000000001")
+    participant = services.participant_enter(slug=version.study.slug, pid=hex_pid("PIDKIND00000000000000001"))
     with pytest.raises(services.AllocationError, match="kind this platform cannot run") as raised:
         services.participant_consent(participant_id=participant.pk, accept=True)
     assert not isinstance(raised.value, services.ArmUnavailable)

@@ -1,5 +1,6 @@
 """Budgets: an arm at its cap of completers gets nobody new (exactly the cap, under 300 concurrent arrivals), the
 study's cost cap pauses it (new entries see the closed page, people inside finish), a token budget ends the chat."""
+import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -11,14 +12,16 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
-from conftest import chat_only
+from conftest import chat_only, hex_pid
 from explainers.models import LLMCall, Turn
 from explainers.selectors import conversation_usage
 from participants import services
+from participants.bots import AnswerPolicy
 from participants.models import Participant, Step
 from participants.selectors import study_budget_state
 from participants.tasks import budgets_check_task
 from studies.models import AuditEvent, StudyVersion
+from studies.protocol import Protocol
 
 pytestmark = pytest.mark.django_db
 
@@ -35,12 +38,28 @@ def capped_arms(data, *, cap=CAP, arms=2):
     data["allocation"]["block_size"] = arms
 
 
-def _arrive_and_consent(slug: str, n: int) -> str:
+def first_answer(participant: Participant) -> Participant:
+    """Answer the participant's first pre-test item from the key: the answer that takes the seat."""
+    participant.refresh_from_db()
+    protocol = Protocol(participant.version.spec)
+    item_id = protocol.phase_item_ids(Step.PRE_TEST, participant.form_order)[0]
+    answer = AnswerPolicy("key", protocol, participant.version.target_keys, random.Random(0)).answer(item_id)
+    values = answer["answer"] if isinstance(answer["answer"], list) else [answer["answer"]]
+    participant, stored = services.response_submit(participant_id=participant.pk, phase=Step.PRE_TEST, item_id=item_id,
+                                                   values=values, confidence=answer.get("confidence"))
+    assert stored
+    return participant
+
+
+def _arrive_consent_and_answer(slug: str, n: int) -> str:
     try:
-        participant = services.participant_enter(slug=slug, pid=f"arrival-{n:06d}")
-        return services.participant_consent(participant_id=participant.pk, accept=True).arm
+        participant = services.participant_enter(slug=slug, pid=hex_pid(f"arrival-{n:06d}"))
+        participant = services.participant_consent(participant_id=participant.pk, accept=True)
+        return first_answer(participant).arm
     except services.EntryRefused as refused:
         return refused.reason
+    except services.SeatsTaken:
+        return "seats_taken"
     finally:
         connection.close()
 
@@ -50,31 +69,36 @@ def test_300_concurrent_arrivals_against_a_cap_of_50_leave_exactly_50_in_that_ar
     version = launch(capped_arms)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=30) as pool:
-        arms = list(pool.map(lambda n: _arrive_and_consent(version.study.slug, n), range(ARRIVALS)))
+        arms = list(pool.map(lambda n: _arrive_consent_and_answer(version.study.slug, n), range(ARRIVALS)))
     elapsed = time.monotonic() - started
-    counts = Counter(Participant.objects.filter(version=version).values_list("arm", flat=True))
-    print(f"\n{ARRIVALS} concurrent arrivals against a cap of {CAP} in {elapsed:.1f} s: {dict(sorted(counts.items()))}")
-    assert counts == {"static_0": CAP, "static_1": ARRIVALS - CAP}
-    assert Counter(arms) == counts
+    answered = Participant.objects.filter(version=version, responses__isnull=False).values_list("pk", "arm").distinct()
+    counts = Counter(arm for _, arm in answered)
+    late = Counter(Participant.objects.filter(version=version, responses__isnull=True).values_list("arm", flat=True))
+    print(f"\n{ARRIVALS} concurrent arrivals against a cap of {CAP} in {elapsed:.1f} s: seated {dict(sorted(counts.items()))}, "
+          f"allocated at consent but too late for a seat {dict(late)}")
+    assert counts == {"static_0": CAP, "static_1": ARRIVALS - CAP - late["static_0"]}
+    assert set(late) <= {"static_0"}  # only the capped arm turns anyone away, and only at the first answer
+    assert Counter(arms) == counts + Counter({"seats_taken": late["static_0"]})
     state = {a["arm"]: a for a in study_budget_state(version=version)["arms"]}
     assert state["static_0"]["seats_used"] == CAP and state["static_0"]["open"] is False
     assert state["static_1"]["open"] is True and state["static_1"]["max_completers"] is None
 
 
-def test_when_every_arm_is_full_new_arrivals_see_the_closed_page_and_a_withdrawal_frees_a_seat(launch, enter):
+def test_when_every_arm_is_full_new_arrivals_see_the_closed_page_and_a_withdrawal_frees_a_seat(launch, enter, step_through):
     version = launch(lambda d: capped_arms(d, cap=2, arms=1))
     late, _ = enter(version, pid="arrived-before-the-cap-0")  # enters while seats are left...
     clients = []
     for n in range(2):
         client, _ = enter(version, pid=f"seated-{n:018d}")
         assert client.post(f"/s/{version.study.slug}/consent/", {"choice": "accept"}).status_code == 303
+        assert step_through(client, version).status_code == 303  # the first answer takes the seat
         clients.append(client)
     _, refused = enter(version, pid="too-late-000000000000000")
     assert refused.status_code == 403 and "closed for now" in refused.content.decode()
-    assert not Participant.objects.filter(pid_hash=services.identifier_hash("too-late-000000000000000")).exists()
+    assert not Participant.objects.filter(pid_hash=services.identifier_hash(hex_pid("too-late-000000000000000"))).exists()
     answer = late.post(f"/s/{version.study.slug}/consent/", {"choice": "accept"})  # ...and consents after it
     assert answer.status_code == 403 and "closed for now" in answer.content.decode()
-    stuck = Participant.objects.get(pid_hash=services.identifier_hash("arrived-before-the-cap-0"))
+    stuck = Participant.objects.get(pid_hash=services.identifier_hash(hex_pid("arrived-before-the-cap-0")))
     assert stuck.step == Step.CONSENT and stuck.arm == "" and stuck.consented_at is None  # nothing stored
     clients[0].post(f"/s/{version.study.slug}/withdraw/")
     assert late.post(f"/s/{version.study.slug}/consent/", {"choice": "accept"}).status_code == 303
@@ -87,10 +111,10 @@ def test_an_active_participant_unseen_for_the_hold_time_gives_the_seat_back(laun
 
     def arrive(pid: str) -> str:
         try:
-            participant = services.participant_enter(slug=version.study.slug, pid=pid)
+            participant = services.participant_enter(slug=version.study.slug, pid=hex_pid(pid))
         except services.EntryRefused as refused:
             return refused.reason
-        return services.participant_consent(participant_id=participant.pk, accept=True).arm
+        return first_answer(services.participant_consent(participant_id=participant.pk, accept=True)).arm
 
     assert arrive("gone-quiet-0000000000000") == "static_0"
     assert arrive("no-seat-left-00000000000") == "full"

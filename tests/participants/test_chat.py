@@ -300,7 +300,7 @@ def test_the_events_of_an_answered_turn_are_one_done_event_and_another_participa
 
     assert Client().get(_urls(version)["events"](turn)).status_code == 404  # no session at all
     same_study = Client()  # a second participant of the same study
-    same_study.get(f"/s/{version.study.slug}/", {"PROLIFIC_PID": "PID0000000000000000000003", "STUDY_ID": "S1", "SESSION_ID": "S"})
+    same_study.get(f"/s/{version.study.slug}/", {"PROLIFIC_PID": "0000000000000000000000f3", "STUDY_ID": "S1", "SESSION_ID": "S"})
     assert same_study.get(_urls(version)["events"](turn)).status_code == 404
     assert client.get(_urls(version)["events"](turn + 1)).status_code == 404  # the explainer's turn is not followable
 

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
-from conftest import static_only
+from conftest import hex_pid, static_only
 from participants import services as participant_services
 from participants.models import Participant
 from studies.audit import audit_check, audit_record, audit_verify
@@ -51,7 +51,7 @@ def test_replaying_the_researcher_flows_writes_exactly_one_row_per_change(study_
     membership_set(actor=alice, study=version.study, username="bob", role="editor")
     membership_remove(actor=alice, study=version.study, username="bob")
     for n in range(2):
-        participant = participant_services.participant_enter(slug=slug, pid=f"audit-flow-{n:016d}")
+        participant = participant_services.participant_enter(slug=slug, pid=hex_pid(f"audit-flow-{n:016d}"))
         participant_services.participant_consent(participant_id=participant.pk, accept=True)
     first, second = Participant.objects.order_by("id")
     participant_services.participant_withdraw(participant_id=first.pk)

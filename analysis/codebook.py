@@ -96,6 +96,10 @@ def _tables() -> tuple[Table, ...]:
                "whose learner-model snapshots the explainer was shown; empty otherwise."),
             _c("yoked_from", "string", "Yoked static arm: pseudonym of the participant whose agentic transcript "
                "was shown; empty when none was available (the arm's material was shown) or the arm is not yoked."),
+            _c("yoked_screen", "string", "Yoked static arm: how the transcript shown passed its screen: `redact` (the "
+               "automatic redaction of e-mails, phone numbers, links and names alone) or `approve` (redacted, then "
+               "approved by a researcher); the participant read the redacted text. Empty when no transcript was shown.",
+               allowed=("redact", "approve")),
         ), row="participant"),
         Table("responses", "One row per answered item per phase.", (
             VERSION, PSEUDONYM,

@@ -133,7 +133,7 @@ _PARTICIPANT_FIELDS = (
     "id", "version_sha256", "arm", "form_order", "stratum", "allocation_index", "step", "status", "is_simulated",
     "is_pilot", "language", "created_at__iso", "consented_at__iso", "allocated_at__iso", "completed_at__iso",
     "consent_version", "conversation_id", "conversation__learner_model_from__participant__pseudonym",
-    "conversation__yoked_from__participant__pseudonym",
+    "conversation__yoked_from__participant__pseudonym", "conversation__yoked_from__screening__mode",
 )
 
 
@@ -209,6 +209,7 @@ def participant_rows(chunk: Chunk, totals: dict[int, dict]) -> list[tuple]:
             *integrity,
             p["conversation__learner_model_from__participant__pseudonym"],
             p["conversation__yoked_from__participant__pseudonym"],
+            p["conversation__yoked_from__screening__mode"],
         ))
     return rows
 

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -100,6 +101,44 @@ class Turn(models.Model):
     def cut_off(self) -> bool:
         """The reply to this turn failed after some of its text had been shown."""
         return self.status == self.Status.FAILED and bool(self.shown_text)
+
+
+class TranscriptScreening(models.Model):
+    """The screen one conversation's transcript passes before a yoked participant may read it.
+
+    `turns` holds the redacted text a yoked participant reads (explainers/screening.py says how it was
+    redacted); the conversation's own turns, the participant's data, are never changed. A transcript of
+    `redact` mode passes when it is redacted; one of `approve` mode waits for a researcher's decision,
+    which is audited.
+    """
+
+    class Mode(models.TextChoices):
+        REDACT = "redact"    # the automatic screen alone
+        APPROVE = "approve"  # the automatic screen, then a researcher's approval
+
+    class Status(models.TextChoices):
+        PENDING = "pending"    # waiting for a researcher
+        PASSED = "passed"      # may be shown
+        REJECTED = "rejected"  # never shown
+
+    conversation = models.OneToOneField(Conversation, on_delete=models.CASCADE, related_name="screening")
+    mode = models.CharField(max_length=8, choices=Mode.choices)
+    status = models.CharField(max_length=8, choices=Status.choices)
+    rules_version = models.PositiveSmallIntegerField(help_text="the version of the redaction rule applied")
+    turns = models.JSONField(help_text="what a yoked participant reads: [{turn, author, text}] with text redacted")
+    redactions = models.JSONField(default=dict, blank=True, help_text="replacements made, by kind: link, email, phone, name")
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True, help_text="when it passed or was rejected")
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="the researcher who approved or rejected it (empty: the automatic screen)",
+    )
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "decided_at"], name="screening_status_decided")]
+
+    def __str__(self) -> str:
+        return f"screening of conversation {self.conversation_id} ({self.status})"
 
 
 class LLMCall(models.Model):

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from studies.protocol import Protocol
 
-from .models import Conversation, LLMCall, Turn
+from .models import Conversation, LLMCall, TranscriptScreening, Turn
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,44 @@ def conversation_transcript(*, conversation: Conversation) -> list[Turn]:
 
 
 def yoked_transcript_pick(*, version, arm_id: str, position: int) -> Conversation | None:
-    """Return the `position`-th (from 1) conversation of an arm to have ended, in order of ending, or None yet."""
-    ended = Conversation.objects.filter(version=version, arm=arm_id, ended_at__isnull=False).order_by("ended_at", "id")
-    return ended[position - 1:position].first() if position >= 1 else None
+    """Return the `position`-th (from 1) conversation of an arm to have passed its screen, in the order they
+    passed, or None yet. Only a screened transcript can be shown: explainers.services.transcript_screenings_prepare
+    screens the ended ones, in order of ending."""
+    passed = (TranscriptScreening.objects.filter(conversation__version=version, conversation__arm=arm_id,
+                                                 status=TranscriptScreening.Status.PASSED)
+              .select_related("conversation").order_by("decided_at", "id"))
+    screening = passed[position - 1:position].first() if position >= 1 else None
+    return screening.conversation if screening else None
 
 
-def yoked_transcript(*, conversation: Conversation) -> list[Turn]:
-    """Return the turns a yoked participant reads: the written turns of the transcript shown to them
+def written_turns(*, conversation_id: int) -> list[Turn]:
+    """The written turns of a conversation, as another participant would read them: no reply still being
+    written or failed, no message whose reply failed."""
+    return list(Turn.objects.filter(conversation_id=conversation_id)
+                .exclude(author=Turn.Author.EXPLAINER, status__in=[Turn.Status.PENDING, Turn.Status.FAILED])
+                .exclude(author=Turn.Author.PARTICIPANT, status=Turn.Status.FAILED).order_by("id"))
+
+
+@dataclass(frozen=True)
+class ScreenedTurn:
+    author: str
+    text: str
+
+
+def yoked_transcript(*, conversation: Conversation) -> list[ScreenedTurn]:
+    """Return the turns a yoked participant reads: the screened (redacted) text of the transcript shown to them
     (none when no transcript was available and the material was shown instead)."""
     if conversation.yoked_from_id is None:
         return []
-    return list(Turn.objects.filter(conversation_id=conversation.yoked_from_id)
-                .exclude(author=Turn.Author.EXPLAINER, status__in=[Turn.Status.PENDING, Turn.Status.FAILED])
-                .exclude(author=Turn.Author.PARTICIPANT, status=Turn.Status.FAILED).order_by("id"))
+    screening = TranscriptScreening.objects.filter(
+        conversation_id=conversation.yoked_from_id, status=TranscriptScreening.Status.PASSED).first()
+    if screening is None:  # never: only a passed transcript is picked, and a decision is final
+        return []
+    return [ScreenedTurn(author=t["author"], text=t["text"]) for t in screening.turns]
+
+
+def screenings_for_study(*, study, status: str | None = None) -> list[TranscriptScreening]:
+    """The transcript screenings of a study's conversations (all versions), oldest first."""
+    found = TranscriptScreening.objects.filter(conversation__version__study=study).select_related(
+        "conversation__version", "decided_by").order_by("created_at", "id")
+    return list(found.filter(status=status) if status else found)

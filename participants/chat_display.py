@@ -4,6 +4,7 @@ from django.utils.translation import gettext as _
 
 from explainers.models import Turn
 from explainers.selectors import conversation_usage
+from studies.spec import model_links_allowed
 
 from .markdown import render_markdown
 
@@ -27,12 +28,18 @@ def usage_view(conversation) -> dict:
     }
 
 
-def reply_html(text: str) -> str:
-    """LLM output, rendered as sanitised Markdown: no raw HTML, no script links, no images."""
-    return render_markdown(text)
+def reply_html(text: str, *, links: bool = False) -> str:
+    """LLM output, rendered as sanitised Markdown: no raw HTML, no script links, no images, and no clickable
+    links unless `links` (a link becomes "its text (its address)" as plain text; see participants/markdown.py)."""
+    return render_markdown(text, links=links)
 
 
-def failed_view(turn) -> dict:
+def model_links(conversation) -> bool:
+    """Whether the study lets this conversation's arm show the model's links as links (`display.model_links`)."""
+    return model_links_allowed(conversation.version.spec, conversation.arm)
+
+
+def failed_view(turn, *, links: bool = False) -> dict:
     """How a failed reply looks to the page: plain, or cut off with the sanitised text the participant saw.
 
     `turn` is the participant's turn, or an agentic arm's opening (`opening`: the explainer spoke first).
@@ -44,12 +51,12 @@ def failed_view(turn) -> dict:
         "error": turn.error_kind,
         "cut_off": cut_off,
         "opening": turn.author == Turn.Author.EXPLAINER,
-        "html": reply_html(turn.shown_text) if cut_off else "",
+        "html": reply_html(turn.shown_text, links=links) if cut_off else "",
         "kept_chars": len(turn.shown_text) if cut_off else 0,
     }
 
 
-def transcript_view(turns) -> dict:
+def transcript_view(turns, *, links: bool = False) -> dict:
     """The transcript as the page renders it: the turns, and the one still waiting for its reply (how long it
     has waited, how much of it was kept from a cut-off attempt).
 
@@ -68,17 +75,17 @@ def transcript_view(turns) -> dict:
             kept_chars = len(turn.shown_text)  # a continuation under way starts from the text kept
         if turn.status == Turn.Status.FAILED and (turn.cut_off or (is_explainer and turn.reply_to_id is None)):
             if not is_explainer:
-                items.append(_item(turn))
+                items.append(_item(turn, links))
             items.append({"id": None, "author": Turn.Author.EXPLAINER, "status": turn.status, "reply_to": turn.id,
-                          "text": turn.shown_text, **failed_view(turn)})
+                          "text": turn.shown_text, **failed_view(turn, links=links)})
             continue
         if is_explainer and turn.status != Turn.Status.COMPLETE:
             continue  # an agentic opening still being written: followed live
-        items.append(_item(turn))
+        items.append(_item(turn, links))
     return {"turns": items, "pending": pending, "waited_s": waited_s, "pending_kept_chars": kept_chars}
 
 
-def _item(turn) -> dict:
+def _item(turn, links: bool) -> dict:
     is_explainer = turn.author == Turn.Author.EXPLAINER
     return {"id": turn.id, "author": turn.author, "status": turn.status,
-            "html": reply_html(turn.text) if is_explainer else "", "text": turn.text}
+            "html": reply_html(turn.text, links=links) if is_explainer else "", "text": turn.text}

@@ -18,7 +18,7 @@ from explainers.services import ArmUnavailable, LimitReached, TurnInFlight
 from explainers.streaming import stream_follow
 
 from . import services
-from .chat_display import failed_view, limit_message, reply_html, usage_view
+from .chat_display import failed_view, limit_message, model_links, reply_html, usage_view
 from .models import Participant, Step
 from .selectors import participant_chat_turn, participant_get_by_token
 from .views import _session_key, participant_page
@@ -79,25 +79,37 @@ def _final_event(turn_id: int, language: str) -> str | None:
 
 
 def _final_event_text(turn_id: int) -> str | None:
-    turn = Turn.objects.select_related("reply", "conversation").filter(pk=turn_id).first()
+    turn = Turn.objects.select_related("reply", "conversation__version").filter(pk=turn_id).first()
     if turn is None:
         return _event("failed", {"error": "gone"})
+    links = model_links(turn.conversation)  # display.model_links of the study or arm
     if turn.author == Turn.Author.EXPLAINER and turn.status == Turn.Status.COMPLETE:  # an agentic arm's opening
-        return _event("done", {"html": reply_html(turn.text), "usage": usage_view(turn.conversation)})
+        return _event("done", {"html": reply_html(turn.text, links=links), "usage": usage_view(turn.conversation)})
     if turn.status == Turn.Status.ANSWERED:
-        return _event("done", {"html": reply_html(turn.reply.text), "usage": usage_view(turn.conversation)})
+        return _event("done", {"html": reply_html(turn.reply.text, links=links), "usage": usage_view(turn.conversation)})
     if turn.status == Turn.Status.FAILED:
-        return _event("failed", {**failed_view(turn), "usage": usage_view(turn.conversation)})
+        return _event("failed", {**failed_view(turn, links=links), "usage": usage_view(turn.conversation)})
     return None
 
 
-async def _relay(turn_id: int, language: str):
+# A stream ended because its participant opened a newer one: the browser waits this long before
+# reconnecting on its own (a page still open somewhere takes its turn again, slowly; a closed one never does).
+SUPERSEDED_RETRY_MS = 60_000
+
+
+async def _relay(turn_id: int, language: str, participant_id: int):
     final = await sync_to_async(_final_event)(turn_id, language)
     if final:
         yield final
         return
     yield ": open\n\n"
-    async for event in stream_follow(turn_id, keepalive_s=KEEPALIVE_S):
+    # At most CHAT_STREAMS_PER_PARTICIPANT streams per participant: a newer one ends the oldest, so a reload
+    # or the browser's reconnect always gets through while old connections linger.
+    async for event in stream_follow(turn_id, keepalive_s=KEEPALIVE_S, owner=f"participant:{participant_id}",
+                                     cap=settings.CHAT_STREAMS_PER_PARTICIPANT):
+        if event is not None and event["kind"] == "superseded":
+            yield f"retry: {SUPERSEDED_RETRY_MS}\n" + _event("superseded", {})
+            return
         if event is None or event["kind"] in ("done", "failed"):
             final = await sync_to_async(_final_event)(turn_id, language)
             if final:
@@ -108,8 +120,9 @@ async def _relay(turn_id: int, language: str):
         yield _event(event["kind"], {k: v for k, v in event.items() if k in ("text", "in_s")})
 
 
-def _stream_target(request: HttpRequest, slug: str, turn_id: int) -> tuple[int, str] | None:
-    """Return (turn id, language) if the turn is this participant's, else None; close the connection after.
+def _stream_target(request: HttpRequest, slug: str, turn_id: int) -> tuple[int, str, int] | None:
+    """Return (turn id, language, participant id) if the turn is this participant's, else None; close the
+    connection after.
 
     An open stream must hold no database connection: 200 people waiting for replies would hold 200.
     """
@@ -118,7 +131,7 @@ def _stream_target(request: HttpRequest, slug: str, turn_id: int) -> tuple[int, 
         if participant is None or participant.study.slug != slug:
             return None
         turn = participant_chat_turn(participant=participant, turn_id=turn_id)
-        return (turn.id, participant.language) if turn else None
+        return (turn.id, participant.language, participant.pk) if turn else None
     finally:
         connection.close()
 

@@ -15,7 +15,11 @@ def _transcript(page: str) -> str:
 
 def test_the_nth_yoked_participant_reads_the_nth_ended_transcript_or_else_the_material(
         launch, fake_llm, in_process, enter, step_through, settings):
-    version = launch(lambda data: agentic_arms(data, arms={"agentic": {}}, yoked=True))
+    def edit(data):
+        agentic_arms(data, arms={"agentic": {}}, yoked=True)
+        data["arms"][-1]["options"]["yoked_screen"] = "redact"  # the automatic screen alone (test_yoked_screening.py)
+
+    version = launch(edit)
     for words in ("first transcript, my own words", "second transcript, my own words"):
         conversation = converse(version, "agentic", [words])
         conversation_end(conversation=conversation, reason="participant")

@@ -8,15 +8,19 @@ docs/console.md says what each number means.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Aggregate, Case, Count, F, FloatField, IntegerField, Q, Sum, Value, When
 from django.utils import timezone
 
 from explainers.arms import arm_unavailable_reason
 from explainers.models import LLMCall, Turn
+from explainers.periodic import periodic_runs_last
 from participants.models import STEP_ORDER, ErasedSpend, PageVisit, Participant, Step
 from studies.models import AuditEvent, Study, StudyVersion
 from studies.services import ARM_UNAVAILABLE
@@ -342,3 +346,87 @@ def _budget_state(version: StudyVersion | None):
     from participants.selectors import study_budget_state
 
     return study_budget_state(version=version)
+
+
+# --- the scheduler (beat) -------------------------------------------------------------------------
+
+# What each periodic task of CELERY_BEAT_SCHEDULE is called on the monitor, and what stops while it does not run.
+SCHEDULED = {
+    "turns-sweep": ("the sweeper", "replies whose worker died will not be retried"),
+    "budgets-check": ("the budget check", "the studies' cost caps are not checked"),
+    "pid-hashes-expire": ("the PID-hash retention", "PID hashes are kept past their retention"),
+}
+LATE_PERIODS = 4    # a task is late once this many of its periods have passed without a run ...
+LATE_MIN_S = 60     # ... and at least this long (beat's own tick, a busy database)
+WATCHED_MAX_S = 3600  # tasks run at most this far apart turn the monitor red; a daily one is only shown
+
+
+def scheduler_status(*, now: float | None = None) -> dict:
+    """Return when each periodic task last ran, which are late, and the sentence for the red banner.
+
+    Reads one cache round trip (explainers.periodic), no query. A watched task (run at least hourly) is late
+    when it has no run recorded or its last is older than LATE_PERIODS periods (at least LATE_MIN_S). A daily
+    task is never called late: after a Redis restart without persistence its record comes back only at its
+    next run.
+    """
+    now = time.time() if now is None else now
+    last = periodic_runs_last()
+    tasks = []
+    for name, entry in settings.CELERY_BEAT_SCHEDULE.items():
+        every_s = _period_s(entry["schedule"])
+        label, consequence = SCHEDULED.get(name, (f"the task {name}", "its periodic work is not done"))
+        ran = last.get(entry["task"])
+        age_s = None if ran is None else max(0.0, now - ran)
+        watched = every_s is not None and every_s <= WATCHED_MAX_S
+        late_after_s = max(LATE_PERIODS * every_s, LATE_MIN_S) if watched else None
+        tasks.append({
+            "name": name, "label": label, "consequence": consequence, "every_s": every_s, "watched": watched,
+            "last_run_at": None if ran is None else datetime.fromtimestamp(ran, tz=dt_timezone.utc),
+            "age_s": age_s, "ago": "no run recorded" if age_s is None else f"{_duration(age_s)} ago",
+            "late": watched and (age_s is None or age_s > late_after_s),
+        })
+    return {"tasks": tasks, "late": [t["name"] for t in tasks if t["late"]], "text": _scheduler_text(tasks)}
+
+
+def _scheduler_text(tasks: list[dict]) -> str:
+    """The red banner's sentence ('' while every watched task is on time)."""
+    watched = [t for t in tasks if t["watched"]]
+    late = [t for t in watched if t["late"]]
+    if not late:
+        return ""
+    if len(late) == len(watched):  # nothing ran: the scheduler itself is down (or none was ever started)
+        ages = [t["age_s"] for t in watched if t["age_s"] is not None]
+        since = (f"has not run for {_minutes(min(ages))}" if ages
+                 else "has not run (no run recorded since Redis last started)")
+        consequences = " and ".join(t["consequence"] for t in late)
+        return f"The scheduler {since}: {consequences}. Run exactly one beat process beside the workers."
+    return " ".join(
+        f"{t['label'][0].upper()}{t['label'][1:]} has not run "
+        f"{'for ' + _minutes(t['age_s']) if t['age_s'] is not None else '(no run recorded)'}: "
+        f"{t['consequence']}; see the beat and worker logs." for t in late
+    )
+
+
+def _period_s(schedule) -> float | None:
+    """A beat entry's period in seconds (a number or a timedelta); None for a crontab."""
+    if isinstance(schedule, timedelta):
+        return schedule.total_seconds()
+    if isinstance(schedule, (int, float)):
+        return float(schedule)
+    run_every = getattr(schedule, "run_every", None)  # celery.schedules.schedule
+    return run_every.total_seconds() if isinstance(run_every, timedelta) else None
+
+
+def _minutes(seconds: float) -> str:
+    n = max(1, int(seconds // 60))
+    return f"{n} minute{'s' if n != 1 else ''}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{int(seconds)} s"
+    if seconds < 90 * 60:
+        return f"{int(seconds // 60)} min"
+    if seconds < 48 * 3600:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} days"

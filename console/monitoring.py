@@ -6,13 +6,15 @@ the last numbers from the cache (Redis): younger than FRESH_S, they are served a
 are still served (the page says "as of" when) and one worker task is queued to recompute them, so the next
 poll gets new ones; with none in the cache, or none younger than STALE_S (no worker answered), the request
 computes them itself. The numbers are never more than about one poll behind while a worker runs.
+The scheduler's last runs (`scheduler`) are read anew on every request: one cache round trip, and a stopped
+scheduler must turn the page red at the next poll, not after the cached numbers expire.
 """
 import time
 
 from django.core.cache import cache
 from django.db import transaction
 
-from analysis.monitor import study_monitor
+from analysis.monitor import scheduler_status, study_monitor
 from studies.models import Study
 
 FRESH_S = 4     # served as they are; the pages poll every 5 s, so each poll asks for a refresh
@@ -27,7 +29,12 @@ def cache_key(study: Study) -> str:
 
 
 def monitor_get(*, study: Study) -> dict:
-    """Return the study's monitor numbers, at most FRESH_S old, or STALE_S while a worker recomputes them."""
+    """Return the study's monitor numbers, at most FRESH_S old, or STALE_S while a worker recomputes them,
+    with the scheduler's last runs as of now."""
+    return {**_numbers(study), "scheduler": scheduler_status()}
+
+
+def _numbers(study: Study) -> dict:
     key = cache_key(study)
     cached = cache.get(key)
     if cached is not None:

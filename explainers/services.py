@@ -20,18 +20,23 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from studies.audit import audit_record
 from studies.models import StudyVersion
 from studies.protocol import Protocol
-from studies.spec import llm_limits
+from studies.selectors import study_get_for_researcher
+from studies.spec import llm_limits, yoked_screen
 
 from . import agentic, tutor
 from .endpoints import llm_endpoint
-from .models import Conversation, LLMCall, Turn
+from .models import Conversation, LLMCall, TranscriptScreening, Turn
 from .policies import CONTINUE_CUE, PROMPT_MARKERS, chat_messages, prompt_echo_at, reply_unusable
 from .providers import LLMRequest, ProviderError, llm_call
-from .selectors import conversation_usage, yoked_transcript_pick
+from .screening import RULES_VERSION, transcript_redact
+from .selectors import conversation_usage, written_turns, yoked_transcript_pick
 from .streaming import TurnStream, _sync_client, redis_key
 
 logger = logging.getLogger(__name__)
@@ -96,6 +101,7 @@ def conversation_start(*, version: StudyVersion, arm_id: str, language: str,
         return conversation
     yoked_to = (arm.get("options") or {}).get("yoked_to")
     if arm["kind"] == "static" and yoked_to:
+        transcript_screenings_prepare(version=version, arm_id=yoked_to)
         shown = yoked_transcript_pick(version=version, arm_id=yoked_to, position=position or 1)
         return Conversation.objects.create(
             version=version, version_sha256=version.sha256, arm=arm_id, language=language, yoked_from=shown,
@@ -112,6 +118,78 @@ def conversation_start(*, version: StudyVersion, arm_id: str, language: str,
         if opening is not None:
             _enqueue_on_commit(opening.id)
     return conversation
+
+
+def transcript_screenings_prepare(*, version: StudyVersion, arm_id: str) -> int:
+    """Screen every ended conversation of `arm_id` (an agentic arm a yoked arm shows) that has no screening yet,
+    in order of ending: store its written turns redacted (explainers/screening.py). It passes at once when every
+    yoked arm of the version that shows `arm_id` says `yoked_screen: redact`; otherwise it waits for a
+    researcher. Return how many were screened. The conversation's own turns are left as they are.
+
+    Runs when a yoked participant reaches the explanation and when a researcher opens the screening page; safe
+    to run at the same time twice (one screening per conversation: the second insert is dropped).
+    """
+    readers = [a for a in Protocol(version.spec).arms.values()
+               if a["kind"] == "static" and (a.get("options") or {}).get("yoked_to") == arm_id]
+    if not readers:
+        return 0
+    redact_only = all(yoked_screen(a) == TranscriptScreening.Mode.REDACT for a in readers)
+    ended = Conversation.objects.filter(version=version, arm=arm_id, ended_at__isnull=False,
+                                        screening__isnull=True).order_by("ended_at", "id")
+    rows = []
+    for conversation in ended:
+        turns = written_turns(conversation_id=conversation.pk)
+        redacted = transcript_redact([(t.author, t.text) for t in turns])
+        rows.append(TranscriptScreening(
+            conversation=conversation, rules_version=RULES_VERSION, redactions=redacted.counts,
+            turns=[{"turn": t.pk, "author": t.author, "text": text} for t, text in zip(turns, redacted.texts)],
+            mode=TranscriptScreening.Mode.REDACT if redact_only else TranscriptScreening.Mode.APPROVE,
+            status=TranscriptScreening.Status.PASSED if redact_only else TranscriptScreening.Status.PENDING,
+            decided_at=timezone.now() if redact_only else None,  # in order of ending: the pick follows it
+        ))
+    TranscriptScreening.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)
+
+
+def study_screenings_prepare(*, study) -> int:
+    """Screen the ended, unscreened transcripts of every arm a yoked arm shows, in every version of `study`."""
+    screened = 0
+    for version in StudyVersion.objects.filter(study=study).order_by("number"):
+        shown = {(a.get("options") or {}).get("yoked_to") for a in version.spec.get("arms") or [] if a["kind"] == "static"}
+        for arm_id in sorted(shown - {None}):
+            screened += transcript_screenings_prepare(version=version, arm_id=arm_id)
+    return screened
+
+
+class ScreeningDecided(Exception):
+    """The transcript's screen was decided already: a decision is final."""
+
+
+@transaction.atomic
+def transcript_screening_decide(*, actor, study, screening_id: int, approve: bool) -> TranscriptScreening:
+    """A researcher (a role with "data" access) approves or rejects a transcript waiting for its screen; audited.
+
+    Raises TranscriptScreening.DoesNotExist for a screening of another study, ScreeningDecided when it is not pending.
+    """
+    study = study_get_for_researcher(user=actor, slug=study.slug, needs="data")
+    screening = (TranscriptScreening.objects.select_for_update()
+                 .filter(pk=screening_id, conversation__version__study=study).first())
+    if screening is None:
+        raise TranscriptScreening.DoesNotExist(screening_id)
+    if screening.status != TranscriptScreening.Status.PENDING:
+        raise ScreeningDecided(screening.status)
+    screening.status = TranscriptScreening.Status.PASSED if approve else TranscriptScreening.Status.REJECTED
+    screening.decided_at = timezone.now()
+    screening.decided_by = actor
+    screening.save(update_fields=["status", "decided_at", "decided_by"])
+    conversation = Conversation.objects.select_related("version").get(pk=screening.conversation_id)
+    audit_record(
+        actor=actor, action="transcript_approve" if approve else "transcript_reject", study_slug=study.slug,
+        object_type="transcript_screening", object_id=screening.pk, before={"status": "pending"},
+        after={"status": screening.status, "version": conversation.version.number, "arm": conversation.arm,
+               "rules_version": screening.rules_version, "redactions": screening.redactions},
+    )
+    return screening
 
 
 def conversation_finish(*, conversation: Conversation, post_items: list[dict]) -> None:
@@ -520,6 +598,10 @@ def turns_sweep() -> list[int]:
     now = timezone.now()
     stale = now - timedelta(seconds=settings.TURN_SWEEP_STALE_S)
     requeued = []
+    if _redis_uptime_s() < settings.LEASE_TTL_S:
+        # Redis has just (re)started: a restart without persistence lost every lease, and the workers whose
+        # calls are alive take theirs again at their next heartbeat. Until then a missing lease proves nothing.
+        return requeued
     with _db():
         pending = dict(
             Turn.objects.filter(status=Turn.Status.PENDING)
@@ -549,6 +631,10 @@ def turns_sweep() -> list[int]:
     return requeued
 
 
+def _redis_uptime_s() -> float:
+    return float(_sync_client().info("server")["uptime_in_seconds"])
+
+
 class _Lease:
     """A Redis lease on a turn (or a conversation's end-of-step calls): at most one provider call in flight.
 
@@ -560,6 +646,8 @@ class _Lease:
     def __init__(self, turn_id: int, *, kind: str = "turn"):
         self.key = redis_key(kind, turn_id, "lease")
         self.lock = _sync_client().lock(self.key, timeout=settings.LEASE_TTL_S, blocking=False, thread_local=False)
+        self._released = False
+        self._mutex = threading.Lock()  # a renewal never runs after (or during) the release
 
     def acquire(self) -> bool:
         if not self.lock.acquire(blocking=False):
@@ -568,19 +656,32 @@ class _Lease:
         return True
 
     def renew(self) -> bool:
-        try:
-            self.lock.reacquire()
-            return True
-        except LockError:
-            logger.warning("lost the lease %s while its call was alive", self.key)
-            return False
+        with self._mutex:
+            token = self.lock.local.token
+            if self._released or token is None:
+                return False
+            try:
+                self.lock.reacquire()
+                return True
+            except LockError:
+                # The key is gone (Redis restarted without persistence, or this process stalled past the
+                # TTL) while the call is alive: take it again, same token, unless another worker holds it.
+                if self.lock.acquire(blocking=False, token=token):
+                    logger.warning("the lease %s was gone while its call was alive: held again", self.key)
+                    return True
+                logger.warning("lost the lease %s while its call was alive", self.key)
+                return False
 
     def release(self) -> None:
         _heartbeat.discard(self)
-        try:
-            self.lock.release()
-        except LockError:
-            pass  # it expired, or was never ours
+        with self._mutex:
+            self._released = True
+            try:
+                self.lock.release()
+            except LockError:
+                pass  # it expired, or was never ours
+            except (RedisConnectionError, RedisTimeoutError):
+                logger.warning("could not release the lease %s (Redis unavailable): it expires on its own", self.key)
 
     def remaining_s(self) -> float:
         return max(0.0, _sync_client().pttl(self.key) / 1000)

@@ -3,6 +3,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from . import services
+from .periodic import periodic_run_record
 
 # A countdown, so like every countdown below the visibility timeout (config/settings.py): the message
 # waits in the worker unacknowledged, and one that outlived the visibility timeout would run twice.
@@ -47,4 +48,7 @@ def conversation_wrapup_task(self, conversation_id: int) -> str:
 
 @shared_task
 def turns_sweep_task() -> int:
-    return len(services.turns_sweep())
+    """Queue again the turns left without a reply (every TURN_SWEEP_EVERY_S, from beat)."""
+    requeued = len(services.turns_sweep())
+    periodic_run_record(task=turns_sweep_task.name)  # the monitor shows it, and turns red when it stops
+    return requeued

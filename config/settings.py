@@ -34,6 +34,18 @@ PSEUDONYM_KEY = os.environ.get("PSEUDONYM_KEY", "")
 PID_HASH_RETENTION_DAYS = int(os.environ.get("PID_HASH_RETENTION_DAYS", "90"))
 # An active participant not seen for this long no longer holds a seat in an arm with a cap (docs/allocation.md).
 SEAT_HOLD_MINUTES = int(os.environ.get("SEAT_HOLD_MINUTES", "120"))
+# Entry hardening (docs/participant-journey.md, "Entry limits"). New arrivals per client IP and per recruiter
+# session (SESSION_ID) within ENTRY_RATE_WINDOW_S seconds; 0 turns that limit off. CLIENT_IP_HEADER: the
+# header a trusted reverse proxy sets to the client's address (e.g. X-Real-IP; for X-Forwarded-For the
+# last address is used); empty: the socket's address (REMOTE_ADDR). Set it only behind a proxy that
+# overwrites that header. RESUME_LINK_HOURS: how long a one-time "continue on another device" link works.
+# PILOT_LINK_DAYS: how long a pilot or simulated-participant link works (it admits to one version only).
+ENTRY_RATE_PER_IP = int(os.environ.get("ENTRY_RATE_PER_IP", "30"))
+ENTRY_RATE_PER_SESSION = int(os.environ.get("ENTRY_RATE_PER_SESSION", "10"))
+ENTRY_RATE_WINDOW_S = int(os.environ.get("ENTRY_RATE_WINDOW_S", "600"))
+CLIENT_IP_HEADER = os.environ.get("CLIENT_IP_HEADER", "").strip()
+RESUME_LINK_HOURS = int(os.environ.get("RESUME_LINK_HOURS", "24"))
+PILOT_LINK_DAYS = int(os.environ.get("PILOT_LINK_DAYS", "14"))
 
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
@@ -61,6 +73,9 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # a NUL byte in a query or a form: 400 with a message; a database outage: 503 "temporarily unavailable"
+    "config.middleware.NulBytesRefused",
+    "config.middleware.DatabaseUnavailable",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -87,12 +102,28 @@ TEMPLATES = [
     },
 ]
 
+# Database connections (docs/deploy.md, "Database connections"). Every process (each web worker, each Celery
+# worker) takes its PostgreSQL connections from a pool of at most DB_POOL_MAX_SIZE (psycopg's pool): a request
+# that finds them all busy waits up to DB_POOL_TIMEOUT_S for one instead of opening another, so a launch burst
+# queues instead of meeting "too many clients". A connection is handed out only after a check that it is alive
+# (CONN_HEALTH_CHECKS), so a PostgreSQL restart costs no request. Keep the sum over processes of
+# DB_POOL_MAX_SIZE below the server's max_connections. DB_POOL_MAX_SIZE=0: no pool (a connection per request).
+DB_POOL_MIN_SIZE = int(os.environ.get("DB_POOL_MIN_SIZE", "2"))
+DB_POOL_MAX_SIZE = int(os.environ.get("DB_POOL_MAX_SIZE", "20"))
+DB_POOL_TIMEOUT_S = float(os.environ.get("DB_POOL_TIMEOUT_S", "30"))
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/teachback"),
-        conn_max_age=0,
+        conn_max_age=0,  # the pool needs 0: Django gives the connection back to it after each request
+        conn_health_checks=True,
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL_MAX_SIZE > 0:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(DB_POOL_MIN_SIZE, DB_POOL_MAX_SIZE),
+        "max_size": DB_POOL_MAX_SIZE,
+        "timeout": DB_POOL_TIMEOUT_S,
+    }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The demo's SQLite: take the write lock at BEGIN so concurrent arrivals queue instead of failing.
     DATABASES["default"]["OPTIONS"] = {
@@ -166,6 +197,19 @@ LOGIN_URL = "/console/login/"
 LOGIN_REDIRECT_URL = "/console/"
 LOGOUT_REDIRECT_URL = "/console/login/"
 
+# Researcher logins (console and admin) are throttled by the one authentication backend (console.logins,
+# docs/console.md "Login limits"): LOGIN_FAILURES_PER_ACCOUNT failed logins of one username, or
+# LOGIN_FAILURES_PER_IP from one client IP (any usernames), within LOGIN_FAILURE_WINDOW_MINUTES lock it
+# for LOGIN_LOCKOUT_MINUTES, with no password checked meanwhile. The password "validator" below checks
+# nothing: Django calls its password_changed() after every password change, and it revokes the account's
+# API tokens (console.accounts).
+AUTHENTICATION_BACKENDS = ["console.logins.ThrottledModelBackend"]
+LOGIN_FAILURES_PER_ACCOUNT = int(os.environ.get("LOGIN_FAILURES_PER_ACCOUNT", "5"))
+LOGIN_FAILURES_PER_IP = int(os.environ.get("LOGIN_FAILURES_PER_IP", "50"))
+LOGIN_FAILURE_WINDOW_MINUTES = int(os.environ.get("LOGIN_FAILURE_WINDOW_MINUTES", "15"))
+LOGIN_LOCKOUT_MINUTES = int(os.environ.get("LOGIN_LOCKOUT_MINUTES", "15"))
+AUTH_PASSWORD_VALIDATORS = [{"NAME": "console.accounts.RevokeApiTokensOnPasswordChange"}]
+
 # The REST API (docs/api.md). Tokens first, so a request without credentials answers 401 (Bearer).
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -235,15 +279,32 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_restore_throttle": 1,
     # kombu prefixes every key it uses (queues, unacked, bindings) and every pidbox/event channel.
     "global_keyprefix": f"{REDIS_NAMESPACE}:celery:",
+    # Broker restarts (docs/deploy.md, "Broker restarts"): notice a dead connection (keepalive, and kombu's
+    # check of its BRPOP and pub/sub connections every health_check_interval), give up a connect after 5 s.
+    "socket_keepalive": True,
+    "socket_connect_timeout": 5,
+    "health_check_interval": 10,
+    "retry_on_timeout": True,
 }
+# A worker whose broker went away reconnects with backoff (2, 4, ... up to 30 s apart) for as long as it
+# takes (Celery's default gives up after 100 attempts), and lets the replies it is making run to their end:
+# their calls and saves need no broker, and the sweeper answers any turn whose message the restart lost.
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# `celery worker -B` (beat as the worker's child) is refused unless this is set (config/celery.py): in
+# production exactly one `celery -A config beat` runs on its own. The demo and DEBUG allow it.
+WORKER_BEAT_ALLOWED = env_bool("WORKER_BEAT_ALLOWED", DEBUG or DEMO)
 REPLY_SOFT_LIMIT_S = 660  # the longest attempt (studies.spec.LLM_TIMEOUT_MAX_S, 600 s) + 60 s of reads and writes
 REPLY_HARD_LIMIT_S = 690
 REPLY_MAX_COUNTDOWN_S = 10  # a retry's countdown; a longer Retry-After waits through Turn.not_before
 LEASE_TTL_S = 10  # a turn's lease outlives its worker by at most this
 LEASE_RENEW_EVERY_S = 3  # the heartbeat: three renewals per TTL, so one late beat does not lose the lease
 TURN_SWEEP_EVERY_S = float(os.environ.get("TURN_SWEEP_EVERY_S", "5"))
-# A pending turn whose message was enqueued this long ago with no call started lost its message.
-TURN_SWEEP_STALE_S = int(os.environ.get("TURN_SWEEP_STALE_S", "45"))
+# A pending turn whose message was enqueued this long ago with no call started lost its message (a broker
+# restart without persistence, a flush): with the sweep interval it is answered within 30 s of its loss.
+# Above every countdown; a turn still queued behind a backlog gets a second message, a no-op once answered.
+TURN_SWEEP_STALE_S = int(os.environ.get("TURN_SWEEP_STALE_S", "20"))
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_IGNORE_RESULT = True
@@ -262,6 +323,26 @@ WORKER_DB_SLOTS = int(os.environ.get("WORKER_DB_SLOTS", "20"))
 # Participant-facing limits.
 CHAT_MESSAGE_MAX_CHARS = 2_000
 CLIENT_EVENTS_MAX_BYTES = 2_000
+# Open reply streams (server-sent events) per participant, across all web processes: opening one more ends
+# the oldest (docs/chat.md, "Open streams"). Every stream of a process shares one Redis pub/sub connection,
+# and the process's Redis commands share at most REDIS_MAX_CONNECTIONS connections (they wait for a free one).
+CHAT_STREAMS_PER_PARTICIPANT = int(os.environ.get("CHAT_STREAMS_PER_PARTICIPANT", "3"))
+REDIS_MAX_CONNECTIONS = int(os.environ.get("REDIS_MAX_CONNECTIONS", "50"))
+
+# Request bodies (docs/deploy.md, "Limits"). config.middleware.BodyLimit refuses with 413, before Django reads
+# anything, a body over BODY_MAX_BYTES (by its Content-Length at once; a chunked one as soon as it passes), or
+# on BODY_UPLOAD_PATHS over the study-file limit (studies.spec.MAX_STUDY_BYTES) plus BODY_UPLOAD_OVERHEAD_BYTES.
+# Below those, Django's own limits: form fields (not files) up to DATA_UPLOAD_MAX_MEMORY_SIZE, at most so many
+# fields and files; a body or file above FILE_UPLOAD_MAX_MEMORY_SIZE (only an upload can be) goes to a
+# temporary file in FILE_UPLOAD_TEMP_DIR (default: the system's), deleted after the request.
+BODY_MAX_BYTES = int(os.environ.get("BODY_MAX_BYTES", str(1024 * 1024)))
+BODY_UPLOAD_PATHS = (r"^/console/upload/$", r"^/console/[-\w]+/upload/$", r"^/api/studies/$")
+BODY_UPLOAD_OVERHEAD_BYTES = 256 * 1024  # multipart headers, the CSRF token and the file name
+DATA_UPLOAD_MAX_MEMORY_SIZE = BODY_MAX_BYTES
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 500
+DATA_UPLOAD_MAX_NUMBER_FILES = 5
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440  # Django's default (2.5 MiB), on purpose: twenty uploads at once stay on disk
+FILE_UPLOAD_TEMP_DIR = os.environ.get("FILE_UPLOAD_TEMP_DIR") or None
 
 LOGGING = {
     "version": 1,

@@ -3,6 +3,13 @@ from django.db import connection
 from django.http import JsonResponse
 from django.urls import include, path
 
+from console.forms import AdminLoginForm
+
+
+# The admin's login goes through the console's limits (console.logins: the authentication backend) and
+# says, as the console's does, when a login is locked.
+admin.site.login_form = AdminLoginForm
+
 
 def healthz(request):
     """Answer 200 when the database answers."""

@@ -1,5 +1,7 @@
 """Input of the researcher pages: one form per operation; the services check the rest."""
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
 
 from participants.models import STEP_ORDER, Participant
 from studies.models import Membership
@@ -79,3 +81,25 @@ class ParticipantFilterForm(forms.Form):
 class JobForm(forms.Form):
     kind = forms.ChoiceField(choices=[("export", "export"), ("report", "report")])
     fmt = forms.ChoiceField(choices=EXPORT_FORMATS, required=False, label="format")
+
+
+class _ThrottledLogin:
+    """Say why a locked login was refused (console.logins leaves the refusal on the request)."""
+
+    def get_invalid_login_error(self):
+        refusal = getattr(self.request, "login_refusal", None)
+        if refusal is not None:
+            return forms.ValidationError(refusal.message, code="login_locked")
+        return super().get_invalid_login_error()
+
+
+class LoginForm(_ThrottledLogin, AuthenticationForm):
+    """The console's login form."""
+
+
+class AdminLoginForm(_ThrottledLogin, AdminAuthenticationForm):
+    """The admin's login form: the same limits (they are in the authentication backend), the same message."""
+
+
+class MemberUnlockForm(forms.Form):
+    username = forms.CharField(max_length=150)

@@ -3,8 +3,9 @@ declares what it needs (console.access.researcher_view); docs/console.md lists w
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from . import views
+from . import screening_views, views
 from .access import public_view
+from .forms import LoginForm
 
 app_name = "console"
 
@@ -16,11 +17,12 @@ def _account(view):
 
 
 urlpatterns = [
-    path("login/", public_view(auth_views.LoginView.as_view(
-        template_name="console/login.html", redirect_authenticated_user=True)), name="login"),
+    path("login/", public_view(auth_views.LoginView.as_view(  # throttled: console.logins
+        template_name="console/login.html", authentication_form=LoginForm, redirect_authenticated_user=True,
+    )), name="login"),
     path("logout/", public_view(auth_views.LogoutView.as_view()), name="logout"),  # POST only (Django 5)
-    path("password/", _account(auth_views.PasswordChangeView.as_view(
-        template_name="console/password_change.html", success_url=reverse_lazy("console:password_change_done"),
+    path("password/", _account(views.PasswordChangeView.as_view(  # revokes the API tokens
+        success_url=reverse_lazy("console:password_change_done"),
     )), name="password_change"),
     path("password/done/", _account(auth_views.PasswordChangeDoneView.as_view(
         template_name="console/password_change_done.html")), name="password_change_done"),
@@ -33,6 +35,7 @@ urlpatterns = [
     path("<slug:slug>/llm-check/", views.llm_check, name="llm_check"),
     path("<slug:slug>/members/", views.member_set, name="member_set"),
     path("<slug:slug>/members/remove/", views.member_remove, name="member_remove"),
+    path("<slug:slug>/members/unlock/", views.member_unlock, name="member_unlock"),
     path("<slug:slug>/bots/", views.bots_start, name="bots_start"),
     path("<slug:slug>/bots/<str:run>/", views.bots_status, name="bots_status"),
     path("<slug:slug>/monitor/", views.monitor, name="monitor"),
@@ -40,6 +43,8 @@ urlpatterns = [
     path("<slug:slug>/participants/", views.participant_list, name="participants"),
     path("<slug:slug>/participants/<str:pseudonym>/", views.transcript, name="transcript"),
     path("<slug:slug>/participants/<str:pseudonym>/erase/", views.participant_erase, name="participant_erase"),
+    path("<slug:slug>/yoked/", screening_views.screenings, name="screenings"),
+    path("<slug:slug>/yoked/decide/", screening_views.screening_decide, name="screening_decide"),
     path("<slug:slug>/exports/", views.jobs, name="jobs"),
     path("<slug:slug>/exports/start/", views.job_start, name="job_start"),
     path("<slug:slug>/exports/<int:job_id>/", views.job_status, name="job_status"),

@@ -7,6 +7,7 @@ Buttons a role cannot use are not shown, and the server checks the role again wh
 from urllib.parse import quote
 
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -15,6 +16,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from analysis import selectors as analysis_selectors
+from console import accounts
 from console import services as console_services
 from console.models import Job
 from explainers.arms import arm_unavailable_reason, launch_problems
@@ -29,7 +31,9 @@ from studies.spec import StudyFileInvalid
 
 from .access import researcher_view
 from .bots import BotsRefused, bots_run_get, bots_run_latest, bots_run_start
-from .forms import DiffForm, JobForm, MemberForm, MemberRemoveForm, ParticipantFilterForm, StateForm, StudyUploadForm
+from .forms import (DiffForm, JobForm, MemberForm, MemberRemoveForm, MemberUnlockForm, ParticipantFilterForm, StateForm,
+                    StudyUploadForm)
+from .logins import UnlockRefused, login_locked_until, login_unlock
 from .monitoring import monitor_get
 
 PER_PAGE = 50
@@ -53,6 +57,32 @@ def _can(study) -> dict:
 
 def _study_context(study, **extra) -> dict:
     return {"study": study, "can": _can(study), **extra}
+
+
+# --- the account --------------------------------------------------------------------------------
+
+
+def tokens_revoked_text(n: int) -> str:
+    if n == 0:
+        return "You had no API tokens to revoke."
+    return f"Your {n} API token was revoked." if n == 1 else f"Your {n} API tokens were revoked."
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    """Django's password change, saying before and after that it revokes the account's API tokens."""
+
+    template_name = "console/password_change.html"
+
+    def get_context_data(self, **kwargs):
+        return {**super().get_context_data(**kwargs),
+                "api_tokens_active": accounts.api_tokens_active_count(user=self.request.user)}
+
+    def form_valid(self, form):
+        active = accounts.api_tokens_active_count(user=self.request.user)
+        with accounts.password_change_by(self.request.user):  # the hook in console.accounts revokes them
+            response = super().form_valid(form)
+        messages.success(self.request, tokens_revoked_text(active))
+        return response
 
 
 # --- the study list and uploads -------------------------------------------------------------------
@@ -122,6 +152,10 @@ def _detail_context(request: HttpRequest, study, **extra) -> dict:
     open_version = current if current and current.state in (StudyVersion.State.LIVE, StudyVersion.State.PAUSED) else None
     can = _can(study)
     members = list(Membership.objects.filter(study=study).select_related("user").order_by("user__username"))
+    if can["members"]:  # owners see which members' logins are locked, and can lift the lock
+        locked = login_locked_until(usernames=[m.user.username for m in members])
+        for m in members:
+            m.locked_until = locked.get(m.user.username)
     latest = versions[0] if versions else None
     context = _study_context(
         study, versions=versions, open_version=open_version, members=members,
@@ -148,6 +182,8 @@ def _checklist(request: HttpRequest, study, version: StudyVersion, can: dict) ->
          "probe": (report.get("arms") or {}).get(a["id"])}
         for a in version.spec.get("arms") or []
     ]
+    pilot = (study_selectors.entry_link_issue(slug=study.slug, kind="pilot", number=version.number)
+             if can["edit"] else None)
     return {
         "version": version,
         "live": version.state == StudyVersion.State.LIVE,
@@ -157,8 +193,8 @@ def _checklist(request: HttpRequest, study, version: StudyVersion, can: dict) ->
         "completion_url": completion_url.replace("{code}", quote(recruitment.get("completion_code", ""))),
         "no_consent_url": completion_url.replace("{code}", quote(recruitment.get("no_consent_code", ""))),
         "allow_without_pid": recruitment.get("allow_without_pid", False),
-        "pilot_link": (f"{entry}?pilot={study_selectors.entry_link_token(slug=study.slug, kind='pilot')}"
-                       if can["edit"] else ""),
+        "pilot_link": f"{entry}?pilot={pilot.token}" if pilot else "",
+        "pilot_link_expires": pilot.expires_at if pilot else None,  # the link admits to this version only
         "arms": arms,
         "all_arms_run": not problems,
         "problems": problems,
@@ -275,6 +311,22 @@ def member_remove(request: HttpRequest, slug: str, study) -> HttpResponse:
             messages.error(request, _message(refused))
         else:
             messages.success(request, f"{form.cleaned_data['username']} is no longer a member.")
+    return _see_other(reverse("console:study", kwargs={"slug": study.slug}) + "#members")
+
+
+@require_POST
+@researcher_view(needs="members")
+def member_unlock(request: HttpRequest, slug: str, study) -> HttpResponse:
+    """Lift a member's login lock (too many failed logins) before it ends by itself (owner only; audited)."""
+    form = MemberUnlockForm(request.POST)
+    if form.is_valid():
+        username = form.cleaned_data["username"]
+        try:
+            lifted = login_unlock(actor=request.user, study=study, username=username)
+        except UnlockRefused as refused:
+            messages.error(request, str(refused))
+        else:
+            messages.success(request, f"{username} can log in again." if lifted else f"{username}'s login was not locked.")
     return _see_other(reverse("console:study", kwargs={"slug": study.slug}) + "#members")
 
 

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import AuditEvent, Study, StudyVersion
+from .models import AuditEvent, Membership, Study, StudyVersion
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -28,14 +28,34 @@ class StudyVersionInline(admin.TabularInline):
         return False
 
 
+class MembershipInline(admin.TabularInline):
+    """Who holds which role: shown, never changed here (roles change through studies.services, audited)."""
+
+    model = Membership
+    fields = ["user", "role", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "members (change them on the console's study page: owners only, audited)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Study)
 class StudyAdmin(admin.ModelAdmin):
     list_display = ["slug", "title", "created_at"]
     readonly_fields = ["slug", "title", "created_at"]
-    inlines = [StudyVersionInline]
+    inlines = [StudyVersionInline, MembershipInline]
 
     def has_add_permission(self, request):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # it would take every participant's data and the members with it, unaudited
 
 
 @admin.register(AuditEvent)

@@ -1,5 +1,6 @@
 """Personal API tokens: shown once, stored as a hash, scoped, revocable, audited."""
 import hashlib
+import io
 from datetime import timedelta
 
 import pytest
@@ -89,3 +90,79 @@ def test_creating_and_revoking_a_token_is_audited_without_the_key(no_throttles):
 def test_invalid_token_requests_are_400_with_the_fields(no_throttles):  # noqa: F811
     status, body = Api(client=session_client(make_user("ada"))).post("/api/tokens/", {"name": "", "scope": "admin"})
     assert status == 400 and body["code"] == "invalid" and set(body["fields"]) == {"name", "scope"}
+
+
+# --- a password change revokes the account's tokens (console.accounts) ---------------------------
+
+NEW_PASSWORD = "another-long-password-77"
+
+
+@pytest.fixture
+def cheap_hasher(settings):
+    """Hashing with the real hasher takes seconds on a busy machine; what is tested here does not depend on it."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def test_a_password_change_on_the_console_page_revokes_the_tokens_and_says_so(cheap_hasher, no_throttles):  # noqa: F811
+    ada = make_user("ada")
+    keys = [token_for(ada), token_for(ada, scope="read")]
+    other = token_for(make_user("bob"))
+    client = session_client(ada)
+    before = client.get("/console/password/").content.decode()
+    assert "revokes your 2 API tokens" in before
+    done = client.post("/console/password/", {"old_password": "a-long-test-password-42",
+                                              "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD},
+                       follow=True)
+    assert done.redirect_chain[-1][0] == "/console/password/done/"
+    assert "Your 2 API tokens were revoked." in done.content.decode()
+    for key in keys:
+        assert Api(key).get("/api/studies/")[0] == 401
+    assert Api(other).get("/api/studies/")[0] == 200  # someone else's token is untouched
+    row = AuditEvent.objects.get(action="password_change")
+    assert (row.actor, row.object_id, row.after) == ("ada", "ada", {"api_tokens_revoked": 2})
+    assert client.get("/console/password/").content.decode().count("no active API tokens") == 1
+
+
+def test_a_password_change_in_the_admin_revokes_the_tokens_and_says_so(cheap_hasher, no_throttles):  # noqa: F811
+    from pages_support import client_for, researcher
+
+    ada = make_user("ada")
+    key = token_for(ada)
+    admin = client_for(researcher("root", is_staff=True, is_superuser=True))
+    url = f"/admin/auth/user/{ada.pk}/password/"
+    assert "revokes the <strong>1</strong> active API token of ada" in admin.get(url).content.decode()
+    done = admin.post(url, {"password1": NEW_PASSWORD, "password2": NEW_PASSWORD, "usable_password": "true"},
+                      follow=True)
+    assert "1 API token of ada was revoked." in done.content.decode()
+    assert Api(key).get("/api/studies/")[0] == 401
+    row = AuditEvent.objects.get(action="password_change")
+    assert (row.actor, row.object_id, row.after) == ("root", "ada", {"api_tokens_revoked": 1})
+
+
+def test_the_changepassword_command_revokes_the_tokens_too(cheap_hasher, no_throttles, monkeypatch):  # noqa: F811
+    from django.contrib.auth.management.commands import changepassword
+    from django.core.management import call_command
+
+    ada = make_user("ada")
+    key = token_for(ada)
+    assert Api(key).get("/api/studies/")[0] == 200
+    monkeypatch.setattr(changepassword.Command, "_get_pass", lambda self, prompt="": NEW_PASSWORD)
+    call_command("changepassword", "ada", stdout=io.StringIO())
+    assert Api(key).get("/api/studies/")[0] == 401
+    row = AuditEvent.objects.get(action="password_change")
+    assert (row.actor, row.after) == ("system", {"api_tokens_revoked": 1})
+
+
+def test_a_superusers_own_password_change_in_the_admin_revokes_their_tokens(cheap_hasher, no_throttles):  # noqa: F811
+    from pages_support import client_for
+
+    root = make_user("root")
+    root.is_staff = root.is_superuser = True
+    root.save(update_fields=["is_staff", "is_superuser"])
+    key = token_for(root)
+    done = client_for(root).post("/admin/password_change/", {
+        "old_password": "a-long-test-password-42", "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD,
+    }, follow=True)
+    assert "Your 1 API token was revoked." in done.content.decode()
+    assert Api(key).get("/api/studies/")[0] == 401
+    assert AuditEvent.objects.get(action="password_change").actor == "root"

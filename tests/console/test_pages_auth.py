@@ -1,11 +1,18 @@
 """Log in, log out and change the password on the console's own pages (Django's auth views, our templates)."""
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.test import Client
 
 from pages_support import PASSWORD, assert_strict_page, client_for, researcher
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _no_login_counts():
+    """Forget failed-login counts (console.logins keeps them in Redis across tests and runs)."""
+    cache.clear()
 
 
 def test_the_login_page_renders_strict_and_logging_in_leads_to_the_study_list():

@@ -26,6 +26,8 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
+from analysis.inference import SM_ALTERNATIVE, check_alternative, ci_alpha, round_to_precision
+
 PRE, POST = "pre_test", "post_test"
 
 
@@ -203,29 +205,33 @@ def ancova(
 
 def welch_t(
     df: pd.DataFrame, group_a, group_b, outcome: str = "gain", group: str = "arm", alpha: float = 0.05,
+    alternative: str = "two-sided",
 ) -> dict:
     """Return Welch's unequal-variance t test of mean(a) − mean(b).
 
     se = sqrt(s_a²/n_a + s_b²/n_b); t = (m_a − m_b)/se;
     df = se⁴ / [(s_a²/n_a)²/(n_a − 1) + (s_b²/n_b)²/(n_b − 1)] (Welch–Satterthwaite);
     p two-sided from t(df); CI = (m_a − m_b) ± t_{1−α/2, df}·se. Computed by statsmodels
-    `CompareMeans(...).ttest_ind(usevar="unequal")`. Welch rather than Student because arms
-    (chat vs static) plausibly differ in variance and the cost of Welch under equal variances is
-    negligible.
+    `CompareMeans(...).ttest_ind(usevar="unequal")`. With `alternative` "greater" (H1: m_a > m_b) or
+    "less" the p-value is one-sided and so is the interval: [diff − t_{1−α, df}·se, ∞) for
+    "greater", (−∞, diff + t_{1−α, df}·se] for "less"; the result names its `alternative`.
+    Welch rather than Student because arms (chat vs static) plausibly differ in variance and the
+    cost of Welch under equal variances is negligible.
     """
     a = _values(df, group, group_a, outcome)
     b = _values(df, group, group_b, outcome)
     if len(a) < 2 or len(b) < 2:
         raise ValueError("Welch's t test needs at least two values per group")
+    alt = SM_ALTERNATIVE[check_alternative(alternative)]
     cm = CompareMeans(DescrStatsW(a), DescrStatsW(b))
-    t, p, dof = cm.ttest_ind(usevar="unequal", alternative="two-sided")
-    lo, hi = cm.tconfint_diff(alpha=alpha, usevar="unequal", alternative="two-sided")
+    t, p, dof = cm.ttest_ind(usevar="unequal", alternative=alt)
+    lo, hi = cm.tconfint_diff(alpha=alpha, usevar="unequal", alternative=alt)
     return {
         "a": group_a, "b": group_b, "n_a": len(a), "n_b": len(b),
         "mean_a": float(a.mean()), "mean_b": float(b.mean()),
         "sd_a": float(a.std(ddof=1)), "sd_b": float(b.std(ddof=1)),
         "mean_diff": float(a.mean() - b.mean()), "t": float(t), "df": float(dof), "p": float(p),
-        "ci_low": float(lo), "ci_high": float(hi),
+        "ci_low": float(lo), "ci_high": float(hi), "alternative": alternative,
     }
 
 
@@ -279,32 +285,50 @@ def hedges_g(a, b, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> di
 
 def pairwise(
     df: pd.DataFrame, outcome: str = "gain", group: str = "arm", method: str = "holm",
-    n_boot: int = 2000, seed: int = 0,
+    n_boot: int = 2000, seed: int = 0, precision: float | None = None, ci: str = "unadjusted",
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
     """Return every pair of arms (a, b), a before b in level order, with Welch's t and Hedges' g.
 
-    Columns: a, b, n_a, n_b, mean_diff (a − b), ci_low, ci_high (Welch, unadjusted), t, df, p,
+    Columns: a, b, n_a, n_b, mean_diff (a − b), ci_low, ci_high (Welch), t, df, p,
     p_adj (`method` over all pairs, Holm by default, statsmodels `multipletests`), g, g_ci_low,
-    g_ci_high (bootstrap, `seed` for every pair). Holm controls the family-wise error rate without
-    assuming independence between the pairwise tests, and is uniformly more powerful than Bonferroni.
+    g_ci_high (bootstrap, `seed` for every pair), ci_level, ci_adjustment. Holm controls the
+    family-wise error rate without assuming independence between the pairwise tests, and is
+    uniformly more powerful than Bonferroni.
+
+    Intervals (both the Welch and the g interval) are at level 1 − α each with ci="unadjusted"
+    (the default; `ci_adjustment` = "unadjusted"), or with ci="adjusted" at the family-wise level
+    that matches `method` over the m pairs (`ci_alpha`: Bonferroni 1 − α/m for Holm, so an interval
+    excludes 0 whenever Bonferroni would reject, a little less often than Holm does). Every row says
+    which, so adjusted p-values never stand next to unadjusted intervals unlabelled.
+    `precision` rounds the outcome to the instrument's grid first (`round_to_precision`; None: as is).
     """
-    levels = _levels(df[group].dropna())
+    data = df
+    if precision is not None:
+        data = df.assign(**{outcome: round_to_precision(pd.to_numeric(df[outcome], errors="coerce"), precision)})
+    levels = _levels(data[group].dropna())
+    pairs = list(itertools.combinations(levels, 2))
+    level, label = ci_alpha(alpha, len(pairs), ci, method)
     rows = []
-    for a, b in itertools.combinations(levels, 2):
-        w = welch_t(df, a, b, outcome=outcome, group=group)
-        g = hedges_g(_values(df, group, a, outcome), _values(df, group, b, outcome), n_boot=n_boot, seed=seed)
+    for a, b in pairs:
+        w = welch_t(data, a, b, outcome=outcome, group=group, alpha=level)
+        g = hedges_g(_values(data, group, a, outcome), _values(data, group, b, outcome), n_boot=n_boot, seed=seed,
+                     alpha=level)
         rows.append({
             "a": a, "b": b, "n_a": w["n_a"], "n_b": w["n_b"], "mean_diff": w["mean_diff"],
             "ci_low": w["ci_low"], "ci_high": w["ci_high"], "t": w["t"], "df": w["df"], "p": w["p"],
             "g": g["g"], "g_ci_low": g["ci_low"], "g_ci_high": g["ci_high"],
+            "ci_level": 1 - level, "ci_adjustment": label,
         })
     out = pd.DataFrame(rows, columns=["a", "b", "n_a", "n_b", "mean_diff", "ci_low", "ci_high", "t", "df", "p",
-                                      "g", "g_ci_low", "g_ci_high"])
+                                      "g", "g_ci_low", "g_ci_high", "ci_level", "ci_adjustment"])
     out.insert(10, "p_adj", adjust_p(out["p"], method))
     return out
 
 
-def kruskal(df: pd.DataFrame, outcome: str, group: str = "arm", method: str = "holm") -> dict:
+def kruskal(
+    df: pd.DataFrame, outcome: str, group: str = "arm", method: str = "holm", precision: float | None = None,
+) -> dict:
     """Return the Kruskal–Wallis test across arms and Mann–Whitney U follow-ups.
 
     H (scipy `kruskal`, tie-corrected), df = k − 1, p from χ²(k − 1); effect size
@@ -312,9 +336,11 @@ def kruskal(df: pd.DataFrame, outcome: str, group: str = "arm", method: str = "h
     (scipy `mannwhitneyu`, method "auto": exact without ties for small samples, else the normal
     approximation with tie and continuity correction), U = U_a = #{a_i > b_j} + ½·#{a_i = b_j},
     rank-biserial r = 2·U_a/(n_a·n_b) − 1 (P(a > b) − P(a < b)), and `method`-adjusted p (Holm).
+    `precision` rounds the outcome to the instrument's grid before ranking (`round_to_precision`),
+    so that scores equal on paper tie; None ranks the values as they are.
     """
     levels = _levels(df[group].dropna())
-    samples = [_values(df, group, lv, outcome) for lv in levels]
+    samples = [round_to_precision(_values(df, group, lv, outcome), precision) for lv in levels]
     keep = [(lv, s) for lv, s in zip(levels, samples) if len(s)]
     if len(keep) < 2:
         raise ValueError("Kruskal–Wallis needs at least two groups with data")
@@ -331,7 +357,7 @@ def kruskal(df: pd.DataFrame, outcome: str, group: str = "arm", method: str = "h
     pairs.insert(6, "p_adj", adjust_p(pairs["p"], method))
     return {
         "H": float(h), "df": len(keep) - 1, "p": float(p), "n": n,
-        "epsilon_squared": float(h) / (n - 1), "pairs": pairs,
+        "epsilon_squared": float(h) / (n - 1), "pairs": pairs, "precision": precision,
     }
 
 

@@ -139,7 +139,7 @@ def _explainer(conversation, key: str, protocol, check_item: str = "", reply_to=
     from django.utils import timezone, translation
 
     from explainers.models import Turn
-    from explainers.policies import check_question_text
+    from explainers.learner.moves import check_question_text
 
     act, concept, text = EXPLAINER[key]
     if text is None:
@@ -189,7 +189,9 @@ def build_requests(version, turns: int) -> list[tuple[str, object, dict | None]]
     """(call kind, LLMRequest, what was trimmed) for each call kind, on conversations of `turns` turns."""
     from django.utils import timezone
 
-    from explainers import agentic, services
+    from explainers import services
+    from explainers.arms import arm_behaviour
+    from explainers.arms import agentic
     from explainers.endpoints import llm_endpoint
     from explainers.models import LLMCall
     from studies.protocol import Protocol
@@ -200,8 +202,8 @@ def build_requests(version, turns: int) -> list[tuple[str, object, dict | None]]
     out = []
 
     def plan_of(turn, conversation, arm):
-        # the worker's own builder (chat: policies.chat_messages; agentic: agentic.agentic_plan)
-        return services._plan(turn, conversation, arm, llm_endpoint(arm["llm"]))
+        # the worker's own builder: the arm's plan (explainers.arms)
+        return arm_behaviour(arm).plan(turn=turn, conversation=conversation, arm=arm, endpoint=llm_endpoint(arm["llm"]))
 
     chat = services.conversation_start(version=version, arm_id="chat", language="en", pretest=pretest)
     pending = _chat_history(chat, turns)
@@ -231,10 +233,10 @@ def build_requests(version, turns: int) -> list[tuple[str, object, dict | None]]
     post_items = [protocol.items[i] for i in version.spec["instruments"]["post_test"]["forms"]["A"]]
     services.conversation_finish(conversation=conversation, post_items=post_items)  # rule predictions
     endpoint = llm_endpoint(arms["agentic"]["llm"])
-    plan = agentic.wrapup_plan(conversation=conversation, arm=arms["agentic"], endpoint=endpoint, done=set())
+    plan = agentic.wrapup_plan(conversation=conversation, arm=arms["agentic"], endpoint=endpoint, made=[])
     out.append(("agentic posttest_prediction", plan.request, plan.trimmed))
     plan = agentic.wrapup_plan(conversation=conversation, arm=arms["agentic"], endpoint=endpoint,
-                               done={agentic.PREDICTION})
+                               made=[(agentic.PREDICTION, "")])
     out.append(("agentic meeting_note", plan.request, plan.trimmed))
     return out
 
@@ -284,7 +286,7 @@ def main() -> int:
     from django.db import transaction
 
     from explainers.providers import estimate_tokens
-    from explainers.policies import REPLY_RESERVE_TOKENS
+    from explainers.prompts import REPLY_RESERVE_TOKENS
 
     version = _launch(args.window, args.arm_llm)
     with transaction.atomic():

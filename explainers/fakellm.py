@@ -27,14 +27,10 @@ the control API under ``/_control/``:
 - ``GET /_control/requests``, ``GET /_control/stats``, ``POST /_control/reset``,
   ``GET /_control/behaviour``.
 
-The scripted explainer: a request whose system prompt carries the agentic arm's tagged sections
-(``explainers/agentic.py``) is answered like a good explainer would, unless the behaviour scripts
-``reply``, ``json`` or ``tool_calls`` (or sets ``"explainer": false``): a learner-model update returns
-the model from ``<learner_model>`` updated by the ``<evidence>`` (mastery up after teaching and after a
-right answer to a check, down after a wrong one); a reply makes the ``<next_move>`` (explain, example,
-analogy, check, correction, summary), calling the ``predict`` tool first for an example; post-test
-predictions and the meeting note come from the learner model. Every text says it is scripted. Other
-requests (the chat arm, the tests) get the behaviour described above.
+The scripted explainer: a request whose system prompt carries the agentic arm's tagged sections is
+answered by ``explainers/scripted.py`` (the demo's explainer, which says so in every text), unless the
+behaviour scripts ``reply``, ``json`` or ``tool_calls`` (or sets ``"explainer": false``). Other requests
+(the chat arm, the tests) get the behaviour described above.
 
 Failures (``"fail"`` in a one-shot, or drawn from ``failures`` with ``failure_rate``):
 ``"429"`` (with Retry-After), ``"500"``, ``"503"``, ``"529"`` (overloaded, on both endpoints),
@@ -85,31 +81,9 @@ MODELS = ["fake-model", "fake-small", "fake-claude"]
 
 # --------------------------------------------------------------------------- helpers
 
+# The request readers and the schema filler are shared with the demo's scripted explainer (its own module).
+from explainers.scripted import explainer_script, last_user_text, schema_instance, text_of  # noqa: E402,F401
 
-def text_of(content) -> str:
-    """The text of a message content (a string, or a list of OpenAI parts / Anthropic blocks)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    out = []
-    if isinstance(content, list):
-        for part in content:
-            if isinstance(part, str):
-                out.append(part)
-            elif isinstance(part, dict):
-                if isinstance(part.get("text"), str):
-                    out.append(part["text"])
-                elif part.get("type") == "tool_result":
-                    out.append(text_of(part.get("content")))
-    return "\n".join(out)
-
-
-def last_user_text(messages) -> str:
-    for message in reversed(messages or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return text_of(message.get("content"))
-    return ""
 
 
 def estimate_tokens(body: dict) -> int:
@@ -134,69 +108,6 @@ def default_reply(messages) -> str:
     )
 
 
-def schema_instance(schema, root=None, depth: int = 0):
-    """A minimal JSON instance of a JSON schema: required properties filled with plain defaults."""
-    if not isinstance(schema, dict) or depth > 20:
-        return None
-    root = root if root is not None else schema
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/"):
-        target = root
-        for part in ref[2:].split("/"):
-            target = target.get(part, {}) if isinstance(target, dict) else {}
-        return schema_instance(target, root, depth + 1)
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    if "default" in schema:
-        return schema["default"]
-    if isinstance(schema.get("examples"), list) and schema["examples"]:
-        return schema["examples"][0]
-    for key in ("anyOf", "oneOf"):
-        options = schema.get(key)
-        if options:
-            non_null = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
-            return schema_instance((non_null or options)[0], root, depth + 1)
-    if schema.get("allOf"):
-        merged: dict = {}
-        for part in schema["allOf"]:
-            value = schema_instance(part, root, depth + 1)
-            if isinstance(value, dict):
-                merged.update(value)
-        return merged
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None:
-        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
-    if kind == "object":
-        props = schema.get("properties") or {}
-        return {
-            name: schema_instance(props.get(name, {}), root, depth + 1)
-            for name in schema.get("required") or []
-        }
-    if kind == "array":
-        count = int(schema.get("minItems") or 0)
-        return [schema_instance(schema.get("items") or {}, root, depth + 1) for _ in range(count)]
-    if kind in ("integer", "number"):
-        low = schema.get("minimum")
-        if low is None and schema.get("exclusiveMinimum") is not None:
-            low = schema["exclusiveMinimum"] + (1 if kind == "integer" else 0.5)
-        high = schema.get("maximum")
-        if high is None and schema.get("exclusiveMaximum") is not None:
-            high = schema["exclusiveMaximum"] - (1 if kind == "integer" else 0.5)
-        value = low if low is not None else 0
-        if high is not None and value > high:
-            value = high
-        return int(value) if kind == "integer" else float(value)
-    if kind == "boolean":
-        return False
-    if kind == "null":
-        return None
-    return "x" * int(schema.get("minLength") or 0)
-
-
 def pieces(text: str) -> list[str]:
     """Split text into word-sized stream chunks that join back to the exact text."""
     parts = re.findall(r"\s*\S+\s*", text)
@@ -205,151 +116,6 @@ def pieces(text: str) -> list[str]:
 
 def split_args(text: str, size: int = 7) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
-
-
-# --------------------------------------------------------------------------- the scripted explainer
-
-SCRIPTED = "(Scripted demo reply.) "
-TAUGHT = ("explain", "example", "analogy", "correction")
-GO_ON = "\n\nSend any message (for example “ok”) when you are ready to go on."
-
-
-def _system_text(api: str, body: dict) -> str:
-    if api == "anthropic":
-        return text_of(body.get("system"))
-    return "\n".join(text_of(m.get("content")) for m in body.get("messages") or []
-                     if isinstance(m, dict) and m.get("role") == "system")
-
-
-def _tag(text: str, name: str):
-    match = re.search(rf"<{name}>\s*(.*?)\s*</{name}>", text, re.S)
-    if not match:
-        return None
-    try:
-        return json.loads(match.group(1))
-    except ValueError:
-        return None
-
-
-def _trailing_tool_results(messages) -> list:
-    """The tool results after the last message the participant wrote (OpenAI `tool` messages, Anthropic
-    `tool_result` blocks), parsed."""
-    out = []
-    for message in reversed(messages or []):
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        blocks = [p for p in content if isinstance(p, dict) and p.get("type") == "tool_result"] if isinstance(content, list) else []
-        if message.get("role") == "tool":
-            out.append(text_of(content))
-        elif blocks:
-            out.extend(text_of(b.get("content")) for b in blocks)
-        elif message.get("role") in ("user", "system"):
-            break
-    parsed = []
-    for text in out:
-        try:
-            parsed.append(json.loads(text))
-        except ValueError:
-            parsed.append({"text": text})
-    return parsed
-
-
-def scripted_update(model: dict, evidence: dict) -> dict:
-    """A learner model updated like a careful explainer would: up after teaching and right answers, down after wrong."""
-    new = json.loads(json.dumps(model))
-    concepts = new.get("concepts") or {}
-    concept, act = evidence.get("concept"), evidence.get("explainer_act")
-    notes = []
-    if concept in concepts and act in TAUGHT:
-        m = float(concepts[concept]["mastery"])
-        concepts[concept]["mastery"] = round(m + (1 - m) * 0.2, 3)
-        concepts[concept]["evidence"] = (concepts[concept].get("evidence") or [])[-4:] + [f"taught ({act})"]
-        notes.append(f"{concept} was taught ({act})")
-    check = evidence.get("check") or {}
-    if concept in concepts and check.get("correct") is not None:
-        m = float(concepts[concept]["mastery"])
-        right = bool(check["correct"])
-        concepts[concept]["mastery"] = round(m + (1 - m) * 0.5 if right else m * 0.4, 3)
-        concepts[concept]["evidence"] = (concepts[concept].get("evidence") or [])[-4:] + [
-            f"check {check.get('item')}: {'right' if right else 'wrong'}"]
-        notes.append(f"the check on {concept} was answered {'right' if right else 'wrong'}")
-    new["why"] = "scripted demo update: " + ("; ".join(notes) if notes else "nothing new")
-    return new
-
-
-def _scripted_move(move: dict, results: list, concepts: list, asked: str) -> str:
-    act, label, description = move.get("act"), move.get("label", ""), move.get("description", "")
-    prefix = SCRIPTED
-    if move.get("previous_answer") == "right":
-        prefix += "Right! "
-    if move.get("again"):
-        prefix += "Please answer with one of the letters. "
-    elif "?" in asked or "？" in asked:
-        prefix += "(You asked a question: a real explainer model would answer it here.) "
-    if act == "summary":
-        lines = "\n".join(f"- **{c.get('label')}**: {c.get('description')}" for c in concepts)
-        return prefix + "That covers the model. In short:\n\n" + lines + "\n\nYou can continue when you are ready."
-    if act == "check":
-        case = "".join(f"- {name}: **{value}**\n" for name, value in (move.get("case") or {}).items())
-        options = "\n".join(f"- **{o['id']}**: {o['text']}" for o in move.get("options") or [])
-        return (prefix + f"A quick check on **{label}**.\n\n{move.get('question', '')}\n\n"
-                + (f"{case}\n" if case else "") + f"{options}\n\nAnswer with the letter of your choice.")
-    if act == "correction":
-        return prefix + f"Not quite. Remember **{label}**: {description}" + GO_ON
-    if act == "example":
-        seen = next((r for r in results if "output" in r), None)
-        case = f" I asked the model about a typical case: it answers **{seen['output']}**." if seen else ""
-        return prefix + f"Here is **{label}** at work. {description}{case}" + GO_ON
-    if act == "analogy":
-        return prefix + f"Think of **{label}** as one gate of several that all must open. {description}" + GO_ON
-    return prefix + f"Let us look at **{label}**. {description}" + GO_ON
-
-
-def explainer_script(api: str, body: dict) -> dict | None:
-    """What the scripted explainer does for this request ({"json"|"reply"|"tool_calls": ...}), or None."""
-    system = _system_text(api, body)
-    if "<" not in system:
-        return None
-    model = _tag(system, "learner_model")
-    concepts = _tag(system, "concepts") or []
-    if model is not None and "<evidence>" in system:
-        return {"json": scripted_update(model, _tag(system, "evidence") or {})}
-    if "<post_test>" in system:
-        masteries = {c: float(v.get("mastery", 0.5)) for c, v in ((model or {}).get("concepts") or {}).items()}
-        mean = sum(masteries.values()) / len(masteries) if masteries else 0.5
-        items = {}
-        for item in _tag(system, "post_test") or []:
-            m = masteries.get(item.get("concept"), mean)
-            guess = 1 / len(item["options"]) if item.get("options") else 0.05
-            items[item["id"]] = {"p_correct": round(m * 0.9 + (1 - m) * guess, 3)}
-        return {"json": {"items": items}}
-    if "<meeting_note_request/>" in system:
-        labels = {c.get("id"): c.get("label") for c in concepts}
-        states = ((model or {}).get("concepts") or {}).items()
-        clear = [labels.get(c, c) for c, v in states if float(v.get("mastery", 0)) >= 0.7]
-        review = [labels.get(c, c) for c, v in states if float(v.get("mastery", 0)) < 0.7]
-        note = "(Scripted demo note.) We went through how the model decides, one idea at a time."
-        if clear:
-            note += " Seemed clear: " + ", ".join(clear) + "."
-        if review:
-            note += " Worth another look: " + ", ".join(review) + "."
-        return {"reply": note}
-    move = _tag(system, "next_move")
-    if move is None:
-        return None
-    messages = body.get("messages") or []
-    results = _trailing_tool_results(messages)
-    choice = body.get("tool_choice")
-    may_call = bool(body.get("tools")) and choice != "none" and not (isinstance(choice, dict) and choice.get("type") == "none")
-    if move.get("act") in ("example", "correction") and may_call and not results:
-        for tool in body.get("tools") or []:
-            name = (tool.get("function") or {}).get("name") if api == "openai" else tool.get("name")
-            if name == "predict":
-                params = (tool.get("function") or {}).get("parameters") if api == "openai" else tool.get("input_schema")
-                return {"tool_calls": [{"name": "predict", "arguments": schema_instance(params or {})}]}
-    asked = "" if results else last_user_text(messages)
-    return {"reply": _scripted_move(move, results, concepts, asked)}
 
 
 class _Disconnect:

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from studies.protocol import Protocol
 
-from .models import Conversation, LLMCall, TranscriptScreening, Turn
+from .models import Conversation, LearnerModelSnapshot, LLMCall, TranscriptScreening, Turn
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,17 @@ def conversation_usage(*, conversation: Conversation) -> ConversationUsage:
 
 def conversation_transcript(*, conversation: Conversation) -> list[Turn]:
     return list(conversation.turns.order_by("id"))
+
+
+def latest_snapshot(conversation: Conversation) -> LearnerModelSnapshot | None:
+    """The conversation's newest learner-model snapshot, or None."""
+    return conversation.snapshots.order_by("-index").first()
+
+
+def previous_explainer_turn(conversation: Conversation, before: Turn) -> Turn | None:
+    """The explainer's last written turn before `before`: the one a participant's message answers."""
+    return (conversation.turns.filter(author=Turn.Author.EXPLAINER, status=Turn.Status.COMPLETE, pk__lt=before.pk)
+            .order_by("-id").first())
 
 
 def yoked_transcript_pick(*, version, arm_id: str, position: int) -> Conversation | None:

@@ -1,5 +1,9 @@
 """Writes of the explainer: conversations, participants' turns, and the reply to a turn.
 
+The lifecycle lives here (a conversation's start, a turn's lease and attempts, the stream, the stored
+outcome, the end of the step); what differs between arm kinds is asked of the arm's object
+(explainers.arms: `arm_behaviour(arm)`), which returns what to write and never writes itself.
+
 `reply_generate` is the worker's job. It is safe to run twice for one turn: the turn's status, a
 Redis lease held while a provider call is in flight, and the unique `Turn.reply_to` make sure a
 turn gets exactly one reply. It makes one provider attempt per run; a retryable failure asks the
@@ -28,20 +32,21 @@ from studies.audit import audit_record
 from studies.models import StudyVersion
 from studies.protocol import Protocol
 from studies.selectors import study_get_for_researcher
-from studies.spec import llm_limits, yoked_screen
+from studies.spec import yoked_screen
 
-from . import agentic, tutor
+from .arms import arm_behaviour
+from .arms.base import NOTE, PREDICTION, REPLY, Finish, Opening, Reply
 from .endpoints import llm_endpoint
-from .models import Conversation, LLMCall, TranscriptScreening, Turn
-from .policies import CONTINUE_CUE, PROMPT_MARKERS, chat_messages, prompt_echo_at, reply_unusable
+from .learner import SCHEMA_VERSION, learner_model_validate
+from .models import Conversation, LearnerModelSnapshot, LLMCall, PostTestPrediction, TranscriptScreening, Turn
+from .prompts import PROMPT_MARKERS, prompt_echo_at
 from .providers import LLMRequest, ProviderError, llm_call
 from .screening import RULES_VERSION, transcript_redact
-from .selectors import conversation_usage, written_turns, yoked_transcript_pick
+from .selectors import conversation_usage, latest_snapshot, written_turns, yoked_transcript_pick
 from .streaming import TurnStream, _sync_client, redis_key
 
 logger = logging.getLogger(__name__)
 
-REPLY = "reply"
 RETRY_MODES = ("again", "continue")
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 8.0
@@ -90,34 +95,91 @@ def conversation_start(*, version: StudyVersion, arm_id: str, language: str,
 
     `pretest` is the participant's (item id, score) per scored pre-test item: the learner model starts from it.
     `position` is the participant's place in their arm's allocation order (1 = first): a yoked arm shows
-    the transcript that ended in that place. Call inside a transaction.
+    the transcript that passed its screen in that place. Call inside a transaction.
     """
     arm = Protocol(version.spec).arms[arm_id]
-    if arm["kind"] == "tutor":
-        conversation = Conversation.objects.create(
-            version=version, version_sha256=version.sha256, arm=arm_id, language=language
-        )
-        tutor.tutor_open(conversation=conversation, pretest=pretest)
-        return conversation
-    yoked_to = (arm.get("options") or {}).get("yoked_to")
-    if arm["kind"] == "static" and yoked_to:
-        transcript_screenings_prepare(version=version, arm_id=yoked_to)
-        shown = yoked_transcript_pick(version=version, arm_id=yoked_to, position=position or 1)
-        return Conversation.objects.create(
-            version=version, version_sha256=version.sha256, arm=arm_id, language=language, yoked_from=shown,
-            scripted=bool(shown and shown.scripted),
-        )
-    endpoint = llm_endpoint(arm.get("llm")) if arm["kind"] in ("chat", "agentic") else None
-    if endpoint is None:
+    behaviour = arm_behaviour(arm)
+    fields = {}
+    shows = behaviour.shows_transcripts_of(arm)
+    if shows:
+        transcript_screenings_prepare(version=version, arm_id=shows)
+        shown = yoked_transcript_pick(version=version, arm_id=shows, position=position or 1)
+        fields = {"yoked_from": shown, "scripted": bool(shown and shown.scripted)}
+    elif not behaviour.converses:
         raise ArmUnavailable(arm_id)
+    if behaviour.uses_llm:
+        endpoint = llm_endpoint(arm.get("llm"))
+        if endpoint is None:
+            raise ArmUnavailable(arm_id)
+        fields["scripted"] = endpoint.scripted
     conversation = Conversation.objects.create(
-        version=version, version_sha256=version.sha256, arm=arm_id, language=language, scripted=endpoint.scripted
-    )
-    if arm["kind"] == "agentic":
-        opening = agentic.agentic_open(conversation=conversation, pretest=pretest)
-        if opening is not None:
-            _enqueue_on_commit(opening.id)
+        version=version, version_sha256=version.sha256, arm=arm_id, language=language, **fields)
+    opening = behaviour.open(conversation=conversation, arm=arm, pretest=pretest)
+    if opening is not None:
+        _opening_store(conversation, opening)
     return conversation
+
+
+def _opening_store(conversation: Conversation, opening: Opening) -> None:
+    if opening.snapshot is not None:
+        snapshot_store(conversation, opening.snapshot[0], turn=None, source=opening.snapshot[1])
+    if opening.borrows_model:
+        conversation.learner_model_from = (
+            Conversation.objects.filter(version=conversation.version, arm=conversation.arm, pk__lt=conversation.pk)
+            .order_by("-pk").first()
+        )
+        conversation.save(update_fields=["learner_model_from"])
+    if opening.reply is not None:
+        _reply_write(None, opening.reply, conversation=conversation, scripted=conversation.scripted)
+    elif opening.pending:
+        turn = Turn.objects.create(
+            conversation=conversation, author=Turn.Author.EXPLAINER, text="", status=Turn.Status.PENDING,
+            scripted=conversation.scripted, enqueued_at=timezone.now(),
+        )
+        _enqueue_on_commit(turn.id)
+
+
+def snapshot_store(conversation: Conversation, state: dict, *, turn: Turn | None, source: str) -> LearnerModelSnapshot:
+    """Store a new learner-model snapshot (never overwrite one). Call inside the transaction that saves the turn."""
+    learner_model_validate(state)
+    latest = latest_snapshot(conversation)
+    return LearnerModelSnapshot.objects.create(
+        conversation=conversation, index=0 if latest is None else latest.index + 1, turn=turn,
+        source=source, schema_version=SCHEMA_VERSION, state=state,
+    )
+
+
+def _reply_write(turn: Turn | None, reply: Reply, *, conversation: Conversation, scripted: bool,
+                 first_token_at=None) -> Turn:
+    """Write what the explainer says: the reply to the participant's `turn` (then answered, with its check
+    graded), the opening the worker was writing (`turn` is that explainer turn), or, with `turn` None, an
+    opening said at once. The snapshot is stored with `turn`; a summary ends the conversation complete.
+    Call inside the transaction that holds `turn`'s row lock."""
+    now = timezone.now()
+    fields = dict(text=reply.text, status=Turn.Status.COMPLETE, scripted=scripted, act=reply.act,
+                  concept=reply.concept, check_item=reply.check_item, tool_calls=reply.tool_calls,
+                  first_token_at=first_token_at or now, completed_at=now)
+    if turn is not None and turn.author == Turn.Author.EXPLAINER:  # the opening, written by the worker
+        for name, value in fields.items():
+            setattr(turn, name, value)
+        turn.save(update_fields=list(fields))
+        written = turn
+    else:
+        written = Turn.objects.create(conversation=conversation, author=Turn.Author.EXPLAINER, reply_to=turn, **fields)
+    if turn is not None and turn.author == Turn.Author.PARTICIPANT:
+        turn.status = Turn.Status.ANSWERED
+        update = ["status"]
+        if reply.graded is not None:
+            turn.answers_check_id, turn.check_correct = reply.graded
+            update += ["answers_check", "check_correct"]
+        turn.save(update_fields=update)
+    if reply.snapshot is not None:
+        snapshot_store(conversation, reply.snapshot[0], turn=turn, source=reply.snapshot[1])
+    if reply.completes:  # nothing is left to teach
+        conversation.ended_at = timezone.now()
+        conversation.end_reason = Conversation.EndReason.COMPLETE
+        conversation.save(update_fields=["ended_at", "end_reason"])
+    return written
 
 
 def transcript_screenings_prepare(*, version: StudyVersion, arm_id: str) -> int:
@@ -129,8 +191,7 @@ def transcript_screenings_prepare(*, version: StudyVersion, arm_id: str) -> int:
     Runs when a yoked participant reaches the explanation and when a researcher opens the screening page; safe
     to run at the same time twice (one screening per conversation: the second insert is dropped).
     """
-    readers = [a for a in Protocol(version.spec).arms.values()
-               if a["kind"] == "static" and (a.get("options") or {}).get("yoked_to") == arm_id]
+    readers = [a for a in Protocol(version.spec).arms.values() if arm_behaviour(a).shows_transcripts_of(a) == arm_id]
     if not readers:
         return 0
     redact_only = all(yoked_screen(a) == TranscriptScreening.Mode.REDACT for a in readers)
@@ -155,7 +216,7 @@ def study_screenings_prepare(*, study) -> int:
     """Screen the ended, unscreened transcripts of every arm a yoked arm shows, in every version of `study`."""
     screened = 0
     for version in StudyVersion.objects.filter(study=study).order_by("number"):
-        shown = {(a.get("options") or {}).get("yoked_to") for a in version.spec.get("arms") or [] if a["kind"] == "static"}
+        shown = {arm_behaviour(a).shows_transcripts_of(a) for a in version.spec.get("arms") or []}
         for arm_id in sorted(shown - {None}):
             screened += transcript_screenings_prepare(version=version, arm_id=arm_id)
     return screened
@@ -195,11 +256,26 @@ def transcript_screening_decide(*, actor, study, screening_id: int, approve: boo
 def conversation_finish(*, conversation: Conversation, post_items: list[dict]) -> None:
     """End the explanation step: the explainer predicts the post-test answers and writes its note."""
     conversation_end(conversation=conversation, reason=Conversation.EndReason.PARTICIPANT)
-    kind = Protocol(conversation.version.spec).arms[conversation.arm]["kind"]
-    if kind == "tutor":
-        tutor.tutor_finish(conversation=conversation, post_items=post_items)
-    elif kind == "agentic":
-        agentic.agentic_finish(conversation=conversation, post_items=post_items)
+    arm = Protocol(conversation.version.spec).arms[conversation.arm]
+    finish = arm_behaviour(arm).finish(conversation=conversation, arm=arm, post_items=post_items)
+    if finish is not None:
+        _finish_store(conversation, finish)
+
+
+def _finish_store(conversation: Conversation, finish: Finish) -> None:
+    """Store the explainer's predictions and note by rule; queue its provider's own versions when it has them
+    (the participant never waits on a provider: the worker replaces them while they take the post-test)."""
+    for prediction in finish.predictions:
+        PostTestPrediction.objects.get_or_create(
+            conversation=conversation, item_id=prediction["item_id"],
+            defaults={k: prediction[k] for k in ("p_correct", "predicted_answer", "source")},
+        )
+    conversation.meeting_note = finish.note
+    conversation.save(update_fields=["meeting_note"])
+    if finish.wrapup:
+        from .tasks import conversation_wrapup_task
+
+        transaction.on_commit(lambda: conversation_wrapup_task.delay(conversation.pk))
 
 
 def conversation_end(*, conversation: Conversation, reason: str) -> None:
@@ -230,8 +306,10 @@ def turn_create(*, conversation: Conversation, text: str, nonce: str = "") -> Tu
         conversation=conversation, author=Turn.Author.PARTICIPANT, text=text, status=Turn.Status.PENDING,
         client_nonce=nonce, enqueued_at=timezone.now(),
     )
-    if Protocol(conversation.version.spec).arms[conversation.arm]["kind"] == "tutor":
-        tutor.tutor_reply(conversation=conversation, turn=turn)  # offline: answered at once
+    arm = Protocol(conversation.version.spec).arms[conversation.arm]
+    reply = arm_behaviour(arm).answer(conversation=conversation, arm=arm, turn=turn)
+    if reply is not None:  # an offline arm: answered at once
+        _reply_write(turn, reply, conversation=conversation, scripted=False)
         turn.refresh_from_db()
         return turn
     _enqueue_on_commit(turn.id)
@@ -297,7 +375,7 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
             if endpoint is None:
                 lease.release()
                 return _fail(turn, "unavailable", TurnStream(turn_id))
-            plan = _plan(turn, conversation, arm, endpoint)
+            plan = arm_behaviour(arm).plan(turn=turn, conversation=conversation, arm=arm, endpoint=endpoint)
             previous = list(turn.llm_calls.filter(purpose=plan.purpose).values_list("status", flat=True))
             call = _call_create(turn, plan, len(previous) + 1, endpoint, conversation)
             Turn.objects.filter(pk=turn_id).update(enqueued_at=timezone.now())  # the sweeper's "last touched"
@@ -321,19 +399,6 @@ def reply_generate(*, turn_id: int) -> ReplyOutcome:
         lease.release()
 
 
-def _plan(turn: Turn, conversation: Conversation, arm: dict, endpoint) -> agentic.Plan:
-    if arm["kind"] == "agentic":
-        return agentic.agentic_plan(turn=turn, conversation=conversation, arm=arm, endpoint=endpoint)
-    llm = arm["llm"]
-    messages, trimmed = chat_messages(conversation=conversation, upto=turn)
-    continuing = turn.shown_text
-    if continuing:
-        messages += [{"role": "assistant", "content": continuing}, {"role": "user", "content": CONTINUE_CUE}]
-    request = LLMRequest(provider=endpoint.provider, model=llm["model"], messages=messages,
-                         params=dict(llm["params"]), base_url=endpoint.base_url, **llm_limits(llm=llm, kind=REPLY))
-    return agentic.Plan(REPLY, request, streams=True, continuing=continuing, trimmed=trimmed)
-
-
 def _outcome(turn, arm, endpoint, plan, call, result, failures: int, stream: TurnStream, shown: str) -> ReplyOutcome:
     """Store what one attempt gave: a failure (retried, cut off or final), a step of an agentic turn, or the reply."""
     llm = arm["llm"]
@@ -350,39 +415,23 @@ def _outcome(turn, arm, endpoint, plan, call, result, failures: int, stream: Tur
         return _attempt_failed(turn, call, result, failures + 1, llm, stream)
     if plan.continuing:
         result = replace(result, text=plan.continuing + result.text)
-    if arm["kind"] != "agentic":
-        return _reply_store(turn, call, result, llm, stream,
-                            lambda locked, first: _chat_reply_save(locked, result, endpoint.scripted, first))
-    if plan.expect_tool and not result.tool_calls:
-        # `auto` gave no tool call where the policy needs one: the next round asks with `required`
+    step = arm_behaviour(arm).step(plan=plan, result=result)
+    if not step.reply:  # another call is due: this one is logged, the next run makes it
         with _db():
-            _call_succeeded(call, result, llm, {**result.response, "auto_missed": True, "shown": plan.streams})
-        if plan.streams and result.text:
+            _call_succeeded(call, result, llm, step.response)
+            if step.fallback_reason:
+                LLMCall.objects.filter(pk=call.pk).update(fallback_reason=step.fallback_reason[:300])
+        if step.reset:
             stream.publish("reset")
         return ReplyOutcome("continue")
-    tool_results = agentic.tool_round_results(plan, result)  # runs the target locally: no network
-    if plan.purpose != REPLY or tool_results is not None:
-        response = {**result.response, "shown": plan.streams}
-        if tool_results is not None:
-            response["tool_results"] = tool_results
+    if step.fallback_reason:
         with _db():
-            _call_succeeded(call, result, llm, response)
-        return ReplyOutcome("continue")
-    unusable = "" if plan.continuing else reply_unusable(result.text, messages=plan.request.messages,
-                                                         instructions=agentic.move_instructions(plan.move))
-    if unusable and not plan.retried_unusable:  # once more, told why; the stream drops what it showed
-        with _db():
-            _call_succeeded(call, result, llm, {**result.response, "unusable": unusable, "shown": plan.streams})
-            LLMCall.objects.filter(pk=call.pk).update(fallback_reason=f"{unusable}: asked once more"[:300])
-        stream.publish("reset")
-        return ReplyOutcome("continue")
-    if unusable:  # the templated move instead, and the call says why
-        with _db():
-            LLMCall.objects.filter(pk=call.pk).update(
-                fallback_reason=f"{unusable} again: the move's templated text was sent instead"[:300])
-        result = replace(result, text="")
-    return _reply_store(turn, call, result, llm, stream, lambda locked, first: agentic.agentic_reply_save(
-        plan=plan, turn=locked, result=result, scripted=endpoint.scripted, first_token_at=first))
+            LLMCall.objects.filter(pk=call.pk).update(fallback_reason=step.fallback_reason[:300])
+    if step.text is not None:
+        result = replace(result, text=step.text)
+    return _reply_store(turn, call, result, llm, stream, lambda locked, first: _reply_write(
+        locked, arm_behaviour(arm).reply(plan=plan, turn=locked, result=result, conversation=locked.conversation),
+        conversation=locked.conversation, scripted=endpoint.scripted, first_token_at=first))
 
 
 class _EchoGuard:
@@ -493,16 +542,6 @@ def _reply_store(turn, call, result, llm, stream, save) -> ReplyOutcome:
     return ReplyOutcome("answered")
 
 
-def _chat_reply_save(locked: Turn, result, scripted: bool, first_token_at) -> Turn:
-    reply = Turn.objects.create(
-        conversation_id=locked.conversation_id, author=Turn.Author.EXPLAINER, text=result.text, reply_to=locked,
-        status=Turn.Status.COMPLETE, scripted=scripted, first_token_at=first_token_at, completed_at=timezone.now(),
-    )
-    locked.status = Turn.Status.ANSWERED
-    locked.save(update_fields=["status"])
-    return reply
-
-
 def _attempt_failed(turn, call, error: ProviderError, failures: int, llm, stream) -> ReplyOutcome:
     _call_failed(call, error)
     with _db():
@@ -535,7 +574,8 @@ def _backoff_s(failures: int, retry_after: float | None) -> float:
 
 
 def conversation_wrapup(*, conversation_id: int) -> ReplyOutcome:
-    """Make the next end-of-step call of an agentic conversation (post-test predictions, then the note).
+    """Make the next end-of-step call of a conversation whose arm makes them (the agentic arm: its post-test
+    predictions, then its note).
 
     One attempt each, no retry: the rule-based versions written when the step ended stay when a call
     fails. Safe to run twice: a call already made (whatever its outcome) is not made again.
@@ -545,19 +585,14 @@ def conversation_wrapup(*, conversation_id: int) -> ReplyOutcome:
         if conversation is None:
             return ReplyOutcome("skipped")
         arm = Protocol(conversation.version.spec).arms[conversation.arm]
-        endpoint = llm_endpoint(arm.get("llm")) if arm["kind"] == "agentic" else None
+        behaviour = arm_behaviour(arm)
+        endpoint = llm_endpoint(arm.get("llm")) if behaviour.uses_llm else None
         last = conversation.turns.order_by("-id").first()  # the calls are logged against the conversation's last turn
         if endpoint is None or last is None:
             return ReplyOutcome("skipped")
-        made = list(LLMCall.objects.filter(turn__conversation=conversation, purpose__in=[agentic.PREDICTION, agentic.NOTE])
+        made = list(LLMCall.objects.filter(turn__conversation=conversation, purpose__in=[PREDICTION, NOTE])
                     .order_by("id").values_list("purpose", "fallback_reason"))
-        done = {purpose for purpose, _why in made}
-        # a note that could not be used is asked for once more, told why
-        unusable = [why for purpose, why in made if purpose == agentic.NOTE and why]
-        if len(unusable) == 1 and sum(1 for purpose, _why in made if purpose == agentic.NOTE) == 1:
-            done.discard(agentic.NOTE)
-        plan = agentic.wrapup_plan(conversation=conversation, arm=arm, endpoint=endpoint, done=done,
-                                   retry_note=unusable[0] if unusable and agentic.NOTE not in done else "")
+        plan = behaviour.wrapup_plan(conversation=conversation, arm=arm, endpoint=endpoint, made=made)
         if plan is None:
             return ReplyOutcome("answered")
         lease = _Lease(conversation_id, kind="conversation")
@@ -579,12 +614,24 @@ def conversation_wrapup(*, conversation_id: int) -> ReplyOutcome:
             return ReplyOutcome("continue")
         with _db(), transaction.atomic():
             _call_succeeded(call, result, arm["llm"])
-            unusable = agentic.wrapup_save(plan=plan, conversation=conversation, result=result)
-            if unusable:
-                LLMCall.objects.filter(pk=call.pk).update(fallback_reason=unusable[:300])
+            kept = behaviour.wrapup_result(plan=plan, conversation=conversation, result=result)
+            _wrapup_store(conversation, kept)
+            if kept.unusable:
+                LLMCall.objects.filter(pk=call.pk).update(fallback_reason=kept.unusable[:300])
         return ReplyOutcome("continue")
     finally:
         lease.release()
+
+
+def _wrapup_store(conversation: Conversation, kept) -> None:
+    """Keep what an end-of-step call gave (explainers.arms.base.Wrapup) in place of the rule-based versions."""
+    if kept.note is not None:
+        conversation.meeting_note = kept.note
+        conversation.save(update_fields=["meeting_note"])
+    for prediction in PostTestPrediction.objects.filter(conversation=conversation, item_id__in=list(kept.predictions)):
+        prediction.p_correct, prediction.predicted_answer = kept.predictions[prediction.item_id]
+        prediction.source = "llm"
+        prediction.save(update_fields=["p_correct", "predicted_answer", "source"])
 
 
 def turns_sweep() -> list[int]:

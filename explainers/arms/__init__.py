@@ -1,11 +1,27 @@
-"""Which arm kinds this version of the platform can run, and whether an arm can run where it is launched."""
-from .endpoints import llm_endpoint
+"""The arm kinds, one module each, registered here by kind; and whether an arm can run where it is launched.
 
-AVAILABLE_ARM_KINDS = frozenset({"static", "chat", "agentic", "tutor"})
-LLM_ARM_KINDS = frozenset({"chat", "agentic"})
+`arm_behaviour(arm)` is the one place that looks at an arm's kind: everything else asks the object it returns
+(explainers.arms.base.Arm: the contract, and what the lifecycle in explainers.services asks of it).
+docs/arms.md says how to add a kind.
+"""
+from ..endpoints import llm_endpoint
+from .agentic import AgenticArm
+from .base import Arm
+from .chat import ChatArm
+from .static import StaticArm
+from .tutor import TutorArm
+
+ARMS: dict[str, Arm] = {arm.kind: arm for arm in (StaticArm(), ChatArm(), AgenticArm(), TutorArm())}
+AVAILABLE_ARM_KINDS = frozenset(ARMS)
+LLM_ARM_KINDS = frozenset(kind for kind, arm in ARMS.items() if arm.uses_llm)
 BILLED_HOSTS = ("api.openai.com", "api.anthropic.com")
 NO_ENDPOINT = ("no language model is configured for it here (set arms[].llm.base_url, LLM_BASE_URL or a "
                "provider key where the app and its workers run)")
+
+
+def arm_behaviour(arm: dict) -> Arm:
+    """The behaviour of an arm of a normalised spec, by its kind."""
+    return ARMS[arm["kind"]]
 
 
 def arm_unavailable_reason(arm: dict) -> str | None:
@@ -54,7 +70,7 @@ def arm_launch_problems(*, arm: dict, spec: dict, report: dict | None) -> list[s
         problems.append("the endpoint did not answer the probe" + _first_error(report))
     elif not report.get("streaming"):
         problems.append("streaming does not work at the endpoint" + _first_error(report, "stream"))
-    needs_tools = arm["kind"] == "agentic" and bool(spec.get("target"))
+    needs_tools = arm_behaviour(arm).uses_tools and bool(spec.get("target"))
     if needs_tools and report.get("reachable") and not (report.get("tools_auto") or report.get("tools_required")):
         problems.append("the endpoint gives no tool calls under tool_choice auto or required, and the agentic "
                         "arm calls the target's tools")

@@ -6,35 +6,33 @@ language model updates the learner model (a structured-output call) and writes e
 the study's target through tools. docs/agentic.md describes the prompts, the calls and the ablations.
 
 A turn's calls are made one per task delivery (the timing budget of docs/chat.md holds for each): the
-worker asks `agentic_plan` for the next call from what the turn's `LLMCall` rows already hold (the
-learner-model update, then reply rounds, each tool round recorded in its row), makes it, and stores
-its outcome; the reply's last round saves the explainer's turn and the snapshot in one transaction.
+worker asks `AgenticArm.plan` for the next call from what the turn's `LLMCall` rows already hold (the
+learner-model update, then reply rounds, each tool round recorded in its row), makes it, and `step` says
+what its outcome leads to; the reply's last round gives the explainer's turn and the snapshot, which
+explainers.services saves in one transaction.
 """
 import json
-from dataclasses import dataclass, field
 
-from django.db import transaction
-from django.utils import timezone, translation
+from django.utils import translation
 from django.utils.translation import gettext as _
 
 from studies.protocol import Protocol
 from studies.spec import llm_limits
 
-from .endpoints import Endpoint
-from .learner import (
-    guess_rate, learner_model_initial, learner_model_validate, next_move, rule_step, update_schema,
+from ..endpoints import Endpoint
+from ..learner import guess_rate, learner_model_initial, learner_model_validate, next_move, rule_step, update_schema
+from ..learner.moves import case_rows, check_question_text, move_text
+from ..learner.play import (
+    TAUGHT_ACTS, check_graded, check_item_next, learner_model_from_pretest, option_letters, state_of_play,
 )
-from .models import Conversation, LearnerModelSnapshot, LLMCall, PostTestPrediction, Turn
-from .policies import (
-    CONTINUE_CUE, TAUGHT_ACTS, arm_material, case_rows, check_item_next, check_question_text,
-    conversation_end_complete, conversation_history, fit_prompt, latest_snapshot, learner_model_from_pretest,
-    meeting_note_by_template, move_text, option_chosen, option_letters, predicted_answer, predictions_by_rules,
-    previous_explainer_turn, reply_unusable, snapshot_store, state_of_play,
-)
-from .providers import LLMRequest, LLMResult
-from .tools import TargetTools, target_tools, tool_exchange_messages
-
-UPDATE, REPLY, PREDICTION, NOTE = "learner_update", "reply", "posttest_prediction", "meeting_note"
+from ..learner.wrapup import meeting_note_by_template, predicted_answer, predictions_by_rules
+from ..models import Conversation, LearnerModelSnapshot, LLMCall, Turn
+from ..prompts import CONTINUE_CUE, arm_material, conversation_history, fit_prompt, reply_unusable
+from ..providers import LLMRequest, LLMResult
+from ..selectors import latest_snapshot, previous_explainer_turn
+from ..tools import target_tools, tool_exchange_messages
+from .base import NOTE, PREDICTION, REPLY, UPDATE, Arm, Finish, Opening, Plan, Reply, Step, Wrapup
+from .tutor import checks_so_far
 OPENING = "opening"  # the time limits of a reply call that writes the opening
 TOOL_CHOICES = ("auto", "required", "none")
 STRUCTURED = ("json_schema", "json_object", "instructions")  # strongest first
@@ -98,28 +96,6 @@ NOTE_TASK = (
     "them as 'you'): what you covered together, what seemed clear, and what is worth another look. "
     "No lists, no numbers from the model."
 )
-
-
-@dataclass
-class Plan:
-    """The next provider call for a turn, and what saving its outcome needs."""
-
-    purpose: str
-    request: LLMRequest
-    streams: bool = False                       # text deltas go to the participant
-    move: dict | None = None
-    check_item: str = ""
-    snapshot: tuple[dict, str] | None = None    # (state, source) to store with the reply
-    graded: tuple[int, bool] | None = None      # (the check question's turn id, answered right)
-    earlier_text: str = ""                      # text the model wrote in earlier tool rounds
-    tool_record: list = field(default_factory=list)
-    tools: TargetTools | None = None
-    final_round: bool = True
-    expect_tool: bool = False                   # an `auto` round that should call a tool: none is a fallback cue
-    continuing: str = ""                        # the cut-off text this reply continues
-    retried_unusable: bool = False              # an earlier round's text could not be shown: no second retry
-    strategy: dict = field(default_factory=dict)  # tool_choice, structured_output, fallback_reason (LLMCall)
-    trimmed: dict | None = None                 # what was left out to fit the context window (LLMCall)
 
 
 def agentic_options(arm: dict) -> tuple[bool, object]:
@@ -202,31 +178,16 @@ def _weaker(structured: str) -> str | None:
 # --------------------------------------------------------------------------- the start
 
 
-def agentic_open(*, conversation: Conversation, pretest: list[tuple[str, float]]) -> Turn | None:
-    """Initialise the learner model from the pre-test and, when the arm is proactive, create the opening turn.
-
-    The opening is an explainer turn with no text, `pending`, written by the worker like any reply (the
-    caller queues it on commit); the constraint `turn_one_opening_per_conversation` makes it unique. Call
-    inside the transaction that creates the conversation.
-    """
+def agentic_open(*, conversation: Conversation, arm: dict, pretest: list[tuple[str, float]]) -> Opening:
+    """The learner model before the conversation (from the pre-test) and, when the arm is proactive, an opening
+    that the worker writes like any reply (the constraint `turn_one_opening_per_conversation` makes it
+    unique). `learner_model: mismatched` borrows another participant's model: deterministically the previous
+    conversation of this arm (none: one's own)."""
     protocol = Protocol(conversation.version.spec)
-    proactive, mode = agentic_options(protocol.arms[conversation.arm])
-    if mode is not False:
-        snapshot_store(conversation, learner_model_from_pretest(protocol, pretest), turn=None,
-                       source=LearnerModelSnapshot.Source.PRETEST)
-    if mode == "mismatched":
-        # another participant's model: deterministically the previous conversation of this arm (none: one's own)
-        conversation.learner_model_from = (
-            Conversation.objects.filter(version=conversation.version, arm=conversation.arm, pk__lt=conversation.pk)
-            .order_by("-pk").first()
-        )
-        conversation.save(update_fields=["learner_model_from"])
-    if not proactive:
-        return None
-    return Turn.objects.create(
-        conversation=conversation, author=Turn.Author.EXPLAINER, text="", status=Turn.Status.PENDING,
-        scripted=conversation.scripted, enqueued_at=timezone.now(),
-    )
+    proactive, mode = agentic_options(arm)
+    snapshot = None if mode is False else (learner_model_from_pretest(protocol, pretest),
+                                           LearnerModelSnapshot.Source.PRETEST)
+    return Opening(snapshot=snapshot, borrows_model=mode == "mismatched", pending=proactive)
 
 
 # --------------------------------------------------------------------------- one turn
@@ -289,8 +250,7 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
     opening = turn.author == Turn.Author.EXPLAINER
     question = None if opening else previous_explainer_turn(conversation, turn)
     item = protocol.items[question.check_item] if question is not None and question.check_item else None
-    chosen = option_chosen(turn.text, item, protocol, lang) if item else None
-    graded = None if chosen is None else chosen == item["key"]
+    chosen, graded = check_graded(turn.text, item, protocol, lang) if item else (None, None)
     own = latest_snapshot(conversation)
     state, snapshot = (own.state if own else None), None
     if not opening and mode in (True, "mismatched"):
@@ -310,7 +270,7 @@ def agentic_plan(*, turn: Turn, conversation: Conversation, arm: dict, endpoint:
     tools = target_tools(conversation=conversation) if tool_choice != "none" else None
     move, check_item = None, ""
     if proactive:
-        left, explained, asked = state_of_play(conversation)
+        left, explained, asked = state_of_play(protocol, conversation.turns.all())
         if item is not None and chosen is None:  # not one of the options: answer what they said, ask again
             move, check_item = {"concept": question.concept, "act": "check", "again": True}, question.check_item
         else:
@@ -485,12 +445,32 @@ def tool_round_results(plan: Plan, result: LLMResult) -> list[dict] | None:
     return out
 
 
-def agentic_reply_save(*, plan: Plan, turn: Turn, result: LLMResult, scripted: bool, first_token_at) -> Turn:
-    """Save the explainer's turn (the opening, filled in, or a new reply), the check answer and the snapshot.
+def agentic_step(plan: Plan, result: LLMResult) -> Step:
+    """What a successful call of a turn leads to: the learner-model update, a tool round (its calls run here,
+    on the target, with no network), an `auto` round that gave no tool call where the policy needs one (the
+    next round asks with `required`), a reply that cannot be shown (asked once more, told why; the second
+    time the move's templated text is sent instead), or the reply."""
+    if plan.expect_tool and not result.tool_calls:
+        return Step(reply=False, response={**result.response, "auto_missed": True, "shown": plan.streams},
+                    reset=plan.streams and bool(result.text))
+    tool_results = tool_round_results(plan, result)
+    if plan.purpose != REPLY or tool_results is not None:
+        response = {**result.response, "shown": plan.streams}
+        if tool_results is not None:
+            response["tool_results"] = tool_results
+        return Step(reply=False, response=response)
+    unusable = "" if plan.continuing else reply_unusable(result.text, messages=plan.request.messages,
+                                                         instructions=move_instructions(plan.move))
+    if unusable and not plan.retried_unusable:
+        return Step(reply=False, response={**result.response, "unusable": unusable, "shown": plan.streams},
+                    fallback_reason=f"{unusable}: asked once more", reset=True)
+    if unusable:
+        return Step(reply=True, fallback_reason=f"{unusable} again: the move's templated text was sent instead", text="")
+    return Step(reply=True)
 
-    Call inside the transaction that holds `turn`'s row lock and has seen it still pending.
-    """
-    conversation = turn.conversation
+
+def agentic_reply(*, plan: Plan, turn: Turn, result: LLMResult, conversation: Conversation) -> Reply:
+    """The explainer's turn (the opening, or a reply), with the check answer graded and the snapshot."""
     protocol = Protocol(conversation.version.spec)
     lang = conversation.language
     text = "\n\n".join(t for t in (plan.earlier_text, (result.text or "").strip()) if t)
@@ -499,30 +479,12 @@ def agentic_reply_save(*, plan: Plan, turn: Turn, result: LLMResult, scripted: b
             # the answer to a check is read against its options: the question is asked as written, always
             text = f"{text}\n\n{check_question_text(protocol, plan.check_item, lang)}".strip()
         if not text:
-            text = move_text(conversation, plan.move, plan.check_item) if plan.move else _(
+            text = move_text(protocol, lang, plan.move, plan.check_item) if plan.move else _(
                 "This message could not be answered.")
-    now = timezone.now()
-    fields = dict(text=text, status=Turn.Status.COMPLETE, scripted=scripted, act=plan.move["act"] if plan.move else "",
-                  concept=(plan.move["concept"] or "") if plan.move else "", check_item=plan.check_item,
-                  tool_calls=plan.tool_record, first_token_at=first_token_at, completed_at=now)
-    if turn.author == Turn.Author.EXPLAINER:  # the opening
-        for name, value in fields.items():
-            setattr(turn, name, value)
-        turn.save(update_fields=list(fields))
-        reply = turn
-    else:
-        reply = Turn.objects.create(conversation=conversation, author=Turn.Author.EXPLAINER, reply_to=turn, **fields)
-        turn.status = Turn.Status.ANSWERED
-        update = ["status"]
-        if plan.graded is not None:
-            turn.answers_check_id, turn.check_correct = plan.graded
-            update += ["answers_check", "check_correct"]
-        turn.save(update_fields=update)
-    if plan.snapshot is not None:
-        snapshot_store(conversation, plan.snapshot[0], turn=turn, source=plan.snapshot[1])
-    if plan.move and plan.move["act"] == "summary":
-        conversation_end_complete(conversation)
-    return reply
+    move = plan.move or {}
+    return Reply(text=text, act=move.get("act") or "", concept=move.get("concept") or "", check_item=plan.check_item,
+                 tool_calls=plan.tool_record, graded=plan.graded, snapshot=plan.snapshot,
+                 completes=move.get("act") == "summary")
 
 
 # --------------------------------------------------------------------------- the end of the step
@@ -541,28 +503,28 @@ def _final_state(conversation: Conversation) -> dict | None:
     return latest.state if latest else None
 
 
-def agentic_finish(*, conversation: Conversation, post_items: list[dict]) -> None:
-    """Write the rule-based predictions and note at once, and queue the language model's versions.
-
-    The participant never waits on a provider: the worker replaces them (source `llm`) when its calls
-    succeed, while the participant takes the post-test. Call inside the request's transaction.
-    """
+def agentic_finish(*, conversation: Conversation, post_items: list[dict]) -> Finish:
+    """The rule-based predictions and note, written at once; the worker then asks the language model for its
+    own versions (source `llm`) while the participant takes the post-test: they never wait on a provider."""
+    protocol = Protocol(conversation.version.spec)
     state = _final_state(conversation)
-    if state is not None:
-        predictions_by_rules(conversation, post_items, state)
-    conversation.meeting_note = meeting_note_by_template(conversation, state)
-    conversation.save(update_fields=["meeting_note"])
-    from .tasks import conversation_wrapup_task
-
-    transaction.on_commit(lambda: conversation_wrapup_task.delay(conversation.pk))
+    checks, right = checks_so_far(conversation)
+    predictions = predictions_by_rules(post_items, state, conversation.version.target_keys) if state is not None else []
+    return Finish(predictions=predictions, wrapup=True,
+                  note=meeting_note_by_template(protocol, conversation.language, state, checks=checks, right=right))
 
 
-def wrapup_plan(*, conversation: Conversation, arm: dict, endpoint: Endpoint, done: set[str],
-                retry_note: str = "") -> Plan | None:
+def wrapup_plan(*, conversation: Conversation, arm: dict, endpoint: Endpoint, made: list[tuple[str, str]]) -> Plan | None:
     """The next end-of-step call (the post-test predictions, then the note), or None when both are made.
 
-    `retry_note`: why the last note could not be used; the note is asked for once more, told so.
+    `made`: (purpose, fallback reason) of the end-of-step calls made so far. A call made is not made again,
+    whatever its outcome, except a first note that could not be used: it is asked for once more, told why.
     """
+    done = {purpose for purpose, _why in made}
+    unusable = [why for purpose, why in made if purpose == NOTE and why]
+    if len(unusable) == 1 and sum(1 for purpose, _why in made if purpose == NOTE) == 1:
+        done.discard(NOTE)
+    retry_note = unusable[0] if unusable and NOTE not in done else ""
     protocol = Protocol(conversation.version.spec)
     lang = conversation.language
     llm = arm["llm"]
@@ -597,35 +559,60 @@ def wrapup_plan(*, conversation: Conversation, arm: dict, endpoint: Endpoint, do
         history = conversation_history(conversation=conversation, upto=last) if last else []
         ask = ("Write the note now: three to five sentences addressed to me as 'you', no lists, no numbers, "
                "nothing from your instructions.")
+        params = dict(llm["params"])
         if retry_note:
             ask += f" (Your last note could not be used: {retry_note.split(':')[0]}. Write a new one in your own words.)"
+            # like a reply's retry: the same prompt at the same temperature tends to give the same text
+            params["temperature"] = max(float(params.get("temperature") or 0), RETRY_TEMPERATURE)
         cue = {"role": "user", "content": ask}
         messages, trimmed = fit_prompt(build_system=lambda _material: system, material="", history=history,
                                        llm=llm, extra=[cue])
-        return Plan(NOTE, _request(endpoint, llm, messages + [cue], NOTE), trimmed=trimmed)
+        return Plan(NOTE, _request(endpoint, llm, messages + [cue], NOTE, params=params), trimmed=trimmed)
     return None
 
 
-def wrapup_save(*, plan: Plan, conversation: Conversation, result: LLMResult) -> str:
-    """Keep what the language model gave when it is usable; the rule-based versions stay otherwise.
-
-    Return why a note could not be used ('' when it was, and for the predictions)."""
+def wrapup_result(*, plan: Plan, conversation: Conversation, result: LLMResult) -> Wrapup:
+    """What the language model gave that can be used; the rule-based versions stay for the rest."""
     if plan.purpose == NOTE:
         note = (result.text or "").strip()
         unusable = reply_unusable(note, messages=plan.request.messages, instructions=(NOTE_TASK,))
         if unusable:
-            return f"{unusable}: the templated note stays (asked once more when it is the first)"
-        conversation.meeting_note = note[:4000]
-        conversation.save(update_fields=["meeting_note"])
-        return ""
+            return Wrapup(unusable=f"{unusable}: the templated note stays (asked once more when it is the first)")
+        return Wrapup(note=note[:4000])
     items = ((result.parsed or {}).get("items") or {}) if isinstance(result.parsed, dict) else {}
     protocol = Protocol(conversation.version.spec)
     keys = conversation.version.target_keys
-    for prediction in PostTestPrediction.objects.filter(conversation=conversation):
-        p = (items.get(prediction.item_id) or {}).get("p_correct") if isinstance(items, dict) else None
+    predictions = {}
+    for item_id in conversation.predictions.values_list("item_id", flat=True):
+        p = (items.get(item_id) or {}).get("p_correct") if isinstance(items, dict) else None
         if isinstance(p, (int, float)) and not isinstance(p, bool) and 0 <= p <= 1:
-            prediction.p_correct = float(p)
-            prediction.predicted_answer = predicted_answer(protocol.items[prediction.item_id], keys, float(p))
-            prediction.source = "llm"
-            prediction.save(update_fields=["p_correct", "predicted_answer", "source"])
-    return ""
+            predictions[item_id] = (float(p), predicted_answer(protocol.items[item_id], keys, float(p)))
+    return Wrapup(predictions=predictions)
+
+
+class AgenticArm(Arm):
+    kind = "agentic"
+    converses = True
+    uses_llm = True
+    uses_tools = True
+
+    def open(self, *, conversation, arm, pretest):
+        return agentic_open(conversation=conversation, arm=arm, pretest=pretest)
+
+    def plan(self, *, turn, conversation, arm, endpoint):
+        return agentic_plan(turn=turn, conversation=conversation, arm=arm, endpoint=endpoint)
+
+    def step(self, *, plan, result):
+        return agentic_step(plan, result)
+
+    def reply(self, *, plan, turn, result, conversation):
+        return agentic_reply(plan=plan, turn=turn, result=result, conversation=conversation)
+
+    def finish(self, *, conversation, arm, post_items):
+        return agentic_finish(conversation=conversation, post_items=post_items)
+
+    def wrapup_plan(self, *, conversation, arm, endpoint, made):
+        return wrapup_plan(conversation=conversation, arm=arm, endpoint=endpoint, made=made)
+
+    def wrapup_result(self, *, plan, conversation, result):
+        return wrapup_result(plan=plan, conversation=conversation, result=result)

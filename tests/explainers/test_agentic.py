@@ -9,7 +9,7 @@ import pytest
 from agentic_support import agentic_arms, answer_last_check, conversation_calls, converse, in_process, wrapup  # noqa: F401
 from conftest import hex_pid
 from explainers import services
-from explainers.agentic import OPENING_CUE, TOOL_ROUNDS_MAX
+from explainers.arms.agentic import OPENING_CUE, TOOL_ROUNDS_MAX
 from explainers.models import Conversation, LearnerModelSnapshot, LLMCall, PostTestPrediction, Turn
 from explainers.tasks import reply_generate_task
 from explainers.tools import held_out_inputs

@@ -5,7 +5,7 @@ import pytest
 from agentic_support import agentic_arms, converse, in_process, wrapup  # noqa: F401
 from explainers import services
 from explainers.models import Conversation
-from explainers.agentic import OPENING_CUE
+from explainers.arms.agentic import OPENING_CUE, RETRY_TEMPERATURE
 from explainers.models import LLMCall, Turn
 from explainers.streaming import _backlog, _sync_client
 
@@ -59,5 +59,6 @@ def test_a_botched_meeting_note_is_asked_for_once_more_and_then_kept(study, fake
     first, second = LLMCall.objects.filter(turn__conversation=conversation, purpose="meeting_note").order_by("attempt")
     assert first.fallback_reason.startswith("the reply echoed the prompt's instructions: the templated note stays")
     assert "could not be used" in second.request["messages"][-1]["content"] and not second.fallback_reason
+    assert second.request["params"]["temperature"] >= RETRY_TEMPERATURE > first.request["params"].get("temperature", 0)
     note = Conversation.objects.get(pk=conversation.pk).meeting_note
     assert note == second.response["text"] and "<learner_model" not in note

@@ -184,13 +184,22 @@ def _participant_run(base_url: str, version, index: int, strugglers: list[str]) 
 
 
 def _wrapups_settled(conversation_ids: list[int]) -> list[int]:
-    """Wait until each agentic conversation's prediction and note calls have ended; return those that did not."""
+    """Wait until each agentic conversation's prediction and note calls have ended, the one retry of an unusable
+    first note included; return those that did not."""
+    def settled(conversation_id: int) -> bool:
+        calls = list(LLMCall.objects.filter(turn__conversation_id=conversation_id,
+                                            purpose__in=["posttest_prediction", "meeting_note"])
+                     .values_list("purpose", "status", "fallback_reason"))
+        if any(status == LLMCall.Status.STARTED for _p, status, _f in calls):
+            return False
+        notes = [why for purpose, _s, why in calls if purpose == "meeting_note"]
+        retry_due = len(notes) == 1 and bool(notes[0])  # an unusable first note is asked for once more
+        return {purpose for purpose, _s, _f in calls} == {"posttest_prediction", "meeting_note"} and not retry_due
+
     deadline = time.monotonic() + SETTLE_S
     waiting = list(conversation_ids)
     while waiting and time.monotonic() < deadline:
-        waiting = [c for c in waiting if LLMCall.objects.filter(
-            turn__conversation_id=c, purpose__in=["posttest_prediction", "meeting_note"],
-        ).exclude(status=LLMCall.Status.STARTED).values("purpose").distinct().count() < 2]
+        waiting = [c for c in waiting if not settled(c)]
         if waiting:
             time.sleep(1)
     return waiting

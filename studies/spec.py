@@ -74,6 +74,24 @@ ESTIMATOR_TASKS = {
     "DecisionTreeRegressor": "regression",
 }
 
+# The analysis plan (docs/study-file.md, "`analysis`: the analysis plan"). Its measures are the columns of
+# analysis.measures.participant_measures, and its recorded variables participant columns of the export that can
+# be covariates; both are named here so that validating a file imports no other app
+# (tests/analysis/test_prereg.py checks that those columns exist).
+ANALYSIS_MEASURES = ("pre", "post", "gain", "normalized_gain", "forward_sim_accuracy", "brier", "ece",
+                     "time_on_task_s", "turns", "tokens", "cost_usd", "lm_accuracy", "lm_brier")
+ANALYSIS_RECORDED = ("form_order", "language", "stratum", "paste_count", "hidden_ms", "visibility_changes",
+                     "first_input_ms_median", "pages_reloaded")
+ANALYSIS_ROLES = ("primary", "secondary")
+ANALYSIS_ALTERNATIVES = ("two-sided", "greater", "less")
+ANALYSIS_CORRECTIONS = ("holm", "bonferroni", "none")
+ANALYSIS_CONTRAST_SETS = ("vs_reference", "all_pairs")
+ANALYSIS_SCORINGS = ("mean", "sum")
+ANALYSIS_ROBUST = ("none", "HC3")
+ANALYSIS_ALPHA_DEFAULT = 0.05
+# Questionnaire items a scale (or an outcome) can be made of: those with a number for an answer.
+ANALYSIS_NUMERIC_KINDS = ("likert", "numeric")
+
 STUDY_FILE = "study.yaml"
 # Limits on a study file (docs/study-file.md, "Limits on study files"). They bound the work of reading one, so no
 # upload can hold a web process: the YAML is walked event by event first and refused at the first cap it passes,
@@ -390,6 +408,63 @@ def _llm_schema() -> dict:
     )
 
 
+def _analysis_schema() -> dict:
+    """The analysis plan; the names it uses are checked by `_Checker.check_analysis`."""
+    outcome = _obj(
+        {
+            "id": _id("unique outcome id, e.g. learning"),
+            "measure": {"type": "string", "minLength": 1,
+                        "description": "a measure (post, gain, ...), a scale of analysis.scales or a likert or "
+                                       "numeric questionnaire item"},
+            "role": {"enum": list(ANALYSIS_ROLES)},
+            "alternative": {"enum": list(ANALYSIS_ALTERNATIVES),
+                            "description": "the hypothesis about a - b in every contrast [a, b] (default two-sided)"},
+            "confirmatory": {"type": "boolean", "description": "default: true for a primary outcome, else false"},
+        },
+        required=("id", "measure", "role"),
+    )
+    scale = _obj(
+        {
+            "id": _id("unique scale id, usable as an outcome's measure or a covariate"),
+            "items": {"type": "array", "items": _id("a likert or numeric questionnaire item"), "minItems": 2,
+                      "uniqueItems": True},
+            "scoring": {"enum": list(ANALYSIS_SCORINGS), "description": "the mean (default) or sum of the items"},
+            "reverse": {"type": "array", "items": _id("a likert item of the scale"), "uniqueItems": True,
+                        "description": "reverse-keyed items, scored min + max - answer"},
+        },
+        required=("id", "items"),
+    )
+    return _obj(
+        {
+            "outcomes": {"type": "array", "items": outcome, "minItems": 1},
+            "scales": {"type": "array", "items": scale},
+            "covariates": {"type": "array", "items": _id("a measure, scale, questionnaire item or recorded variable"),
+                           "uniqueItems": True},
+            "reference_arm": _id("the arm the others are compared with (default: the first arm)"),
+            "contrasts": {
+                "type": ["string", "array"], "minItems": 1,
+                "items": {"type": "array", "items": _id("an arm id")},
+                "if": {"type": "string"}, "then": {"enum": list(ANALYSIS_CONTRAST_SETS)},
+                "description": "vs_reference (default), all_pairs, or a list of [arm, arm] pairs (a - b)",
+            },
+            "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5},
+            "correction": {"enum": list(ANALYSIS_CORRECTIONS)},
+            "robust": {"enum": list(ANALYSIS_ROBUST),
+                       "description": "HC3: heteroscedasticity-robust standard errors"},
+            "exclusions": _obj(
+                {
+                    "attention_items": {"type": "array", "items": _id("a scored questionnaire item"),
+                                        "uniqueItems": True},
+                    "min_seconds": {"type": "integer", "minimum": 0},
+                },
+                description="who is left out of the analysis besides bots and pilots (always)",
+            ),
+        },
+        required=("outcomes",),
+        description="the analysis plan: outcomes, scales, covariates, contrasts, alpha, correction, exclusions",
+    )
+
+
 def _build_schema() -> dict:
     scalar = {"type": ["string", "number", "boolean", "null"]}
     return {
@@ -574,6 +649,7 @@ def _build_schema() -> dict:
             ),
             "debrief": _text("Shown at the end, markdown."),
             "display": _display_schema(),
+            "analysis": _analysis_schema(),
         },
     }
 
@@ -957,6 +1033,7 @@ class _Checker:
         self.check_allocation()
         self.check_budgets()
         self.check_recruitment()
+        self.check_analysis()
 
     def check_recruitment(self) -> None:
         pattern = _mapping(self.data.get("recruitment")).get("pid_pattern")
@@ -1372,6 +1449,148 @@ class _Checker:
                     self.error(("arms", i, "budget", name),
                                f"{kind} arms call no language model; only chat and agentic arms take this cap")
 
+    # -- the analysis plan
+
+    def check_analysis(self) -> None:
+        """Every name the plan uses exists: arms, items, scales and their items, measures, covariates."""
+        plan = self.data.get("analysis")
+        if not isinstance(plan, dict):
+            return
+        arms = [a.get("id") for _, a in _dicts(self.data.get("arms")) if isinstance(a.get("id"), str)]
+        items = {item.get("id"): item for _, item in _dicts(self.data.get("items"))
+                 if isinstance(item.get("id"), str)}
+        questionnaire = _mapping(self.data.get("instruments")).get("questionnaire")
+        questionnaire = {i for i in questionnaire if isinstance(i, str)} if isinstance(questionnaire, list) else set()
+        scales = self.check_analysis_scales(plan, items, questionnaire)
+        numeric = {i for i in questionnaire if items.get(i, {}).get("kind") in ANALYSIS_NUMERIC_KINDS}
+        ids: dict[str, int] = {}
+        measured: dict[str, int] = {}  # measure -> the first outcome on it
+        for i, outcome in _dicts(plan.get("outcomes")):
+            path = ("analysis", "outcomes", i)
+            ident, measure = outcome.get("id"), outcome.get("measure")
+            if isinstance(ident, str):
+                if ident in ids:
+                    self.error(path + ("id",), f"duplicate id '{ident}' (also analysis.outcomes[{ids[ident]}])")
+                ids.setdefault(ident, i)
+            if isinstance(measure, str):
+                measured.setdefault(measure, i)
+                if measure not in ANALYSIS_MEASURES and measure not in scales and measure not in numeric:
+                    hint = self.hint(measure, ANALYSIS_MEASURES, scales, numeric)
+                    self.error(path + ("measure",), f"unknown measure '{measure}'{hint} (a measure such as post or "
+                                                    "gain, a scale of analysis.scales, or a likert or numeric "
+                                                    "questionnaire item)")
+            if outcome.get("role") == "primary" and outcome.get("confirmatory") is False:
+                self.error(path + ("confirmatory",), "a primary outcome is confirmatory; make it secondary to "
+                                                     "analyse it as exploratory")
+        roles = [o.get("role") for _, o in _dicts(plan.get("outcomes"))]
+        if roles and "primary" not in roles:
+            self.error(("analysis", "outcomes"), "names no primary outcome (role: primary)")
+        for j, name in enumerate(plan.get("covariates") if isinstance(plan.get("covariates"), list) else []):
+            if not isinstance(name, str):
+                continue
+            path = ("analysis", "covariates", j)
+            if name in measured:
+                self.error(path, f"'{name}' is also an outcome (analysis.outcomes[{measured[name]}].measure); "
+                                 "a covariate cannot be the outcome")
+            elif name in ANALYSIS_MEASURES or name in scales or name in ANALYSIS_RECORDED:
+                continue
+            elif name in items and name not in questionnaire:
+                self.error(path, f"item '{name}' is not in instruments.questionnaire; only questionnaire answers "
+                                 "are covariates (the pre-test's score is pre)")
+            elif name in items and items[name].get("kind") == "text":
+                self.error(path, f"item '{name}' is a text item; a covariate is a number or a category")
+            elif name not in items:
+                self.error(path, f"unknown covariate '{name}'"
+                                 f"{self.hint(name, ANALYSIS_MEASURES, ANALYSIS_RECORDED, scales, questionnaire)} "
+                                 "(a measure such as pre, a scale, a questionnaire item, or one of: "
+                                 f"{', '.join(ANALYSIS_RECORDED)})")
+        self.check_analysis_contrasts(plan, arms)
+        exclusions = _mapping(plan.get("exclusions"))
+        attention = exclusions.get("attention_items")
+        for j, ident in enumerate(attention if isinstance(attention, list) else []):
+            path = ("analysis", "exclusions", "attention_items", j)
+            if not isinstance(ident, str):
+                continue
+            if ident not in items:
+                self.error(path, f"unknown item '{ident}'")
+            elif ident not in questionnaire:
+                self.error(path, f"item '{ident}' is not in instruments.questionnaire; an attention check is asked "
+                                 "there, never in a test (excluding on a test answer biases the outcome)")
+            elif items[ident].get("key") is None:
+                self.error(path, f"item '{ident}' has no key; an attention check needs the answer it expects")
+
+    def check_analysis_scales(self, plan: dict, items: dict, questionnaire: set) -> set:
+        """Check `analysis.scales`; return the ids of the scales."""
+        scales: dict[str, int] = {}
+        for i, scale in _dicts(plan.get("scales")):
+            path = ("analysis", "scales", i)
+            ident = scale.get("id")
+            if isinstance(ident, str):
+                if ident in scales:
+                    self.error(path + ("id",), f"duplicate id '{ident}' (also analysis.scales[{scales[ident]}])")
+                elif ident in ANALYSIS_MEASURES or ident in ANALYSIS_RECORDED:
+                    self.error(path + ("id",), f"'{ident}' is the name of a measure; choose another id")
+                elif ident in items:
+                    self.error(path + ("id",), f"'{ident}' is an item id; choose another id")
+                else:
+                    scales[ident] = i
+            members = scale.get("items") if isinstance(scale.get("items"), list) else []
+            for j, item_id in enumerate(members):
+                if not isinstance(item_id, str):
+                    continue
+                kind = items.get(item_id, {}).get("kind")
+                if item_id not in items:
+                    self.error(path + ("items", j), f"unknown item '{item_id}'")
+                elif item_id not in questionnaire:
+                    self.error(path + ("items", j), f"item '{item_id}' is not in instruments.questionnaire")
+                elif kind not in ANALYSIS_NUMERIC_KINDS:
+                    self.error(path + ("items", j), f"item '{item_id}' is a {kind} item; a scale is made of likert "
+                                                    "and numeric items")
+            reverse = scale.get("reverse") if isinstance(scale.get("reverse"), list) else []
+            for j, item_id in enumerate(reverse):
+                if not isinstance(item_id, str):
+                    continue
+                if item_id not in members:
+                    self.error(path + ("reverse", j), f"item '{item_id}' is not one of this scale's items")
+                elif items.get(item_id, {}).get("kind") != "likert":
+                    self.error(path + ("reverse", j), f"item '{item_id}' is not a likert item; reversing an answer "
+                                                      "needs its scale's min and max")
+        return set(scales)
+
+    def check_analysis_contrasts(self, plan: dict, arms: list[str]) -> None:
+        reference = plan.get("reference_arm")
+        if isinstance(reference, str) and reference not in arms:
+            self.error(("analysis", "reference_arm"), f"unknown arm '{reference}'{self.hint(reference, arms)}")
+        contrasts = plan.get("contrasts")
+        if not isinstance(contrasts, list):
+            return
+        seen: dict[frozenset, int] = {}
+        for j, pair in enumerate(contrasts):
+            path = ("analysis", "contrasts", j)
+            if not isinstance(pair, list):
+                continue
+            if len(pair) != 2:
+                self.error(path, "must be a pair [arm, arm] (the contrast is the first minus the second)")
+                continue
+            unknown = [(k, a) for k, a in enumerate(pair) if isinstance(a, str) and a not in arms]
+            for k, arm in unknown:
+                self.error(path + (k,), f"unknown arm '{arm}'{self.hint(arm, arms)}")
+            if unknown or not all(isinstance(a, str) for a in pair):
+                continue
+            if pair[0] == pair[1]:
+                self.error(path, f"compares arm '{pair[0]}' with itself")
+            elif frozenset(pair) in seen:
+                self.error(path, f"repeats the contrast of analysis.contrasts[{seen[frozenset(pair)]}]")
+            else:
+                seen[frozenset(pair)] = j
+
+    @staticmethod
+    def hint(name: str, *choices) -> str:
+        """"; did you mean 'x'?" for a close match among the choices, else ""."""
+        known = [c for group in choices for c in group if isinstance(c, str)]
+        close = difflib.get_close_matches(name, known, n=1)
+        return f"; did you mean '{close[0]}'?" if close else ""
+
 
 # Image references are found by a scan in linear time: a regular expression like `<img\b[^>]*\bsrc...` tried at
 # every `<img` of a long line is quadratic (a 40 KB line of `<img` took 5 s), a bomb of its own.
@@ -1534,6 +1753,8 @@ def _normalise(data: dict) -> dict:
         **({"budget": dict(data["budget"])} if data.get("budget") is not None else {}),
         # like budgets, `display` appears only when declared
         **({"display": dict(data["display"])} if data.get("display") is not None else {}),
+        # like budgets, the analysis plan appears only when declared
+        **({"analysis": _normalise_analysis(data["analysis"], arms)} if data.get("analysis") is not None else {}),
         "concepts": [
             {"id": c["id"], "label": text(c["label"]), "description": text(c.get("description"))}
             for c in data.get("concepts") or []
@@ -1588,6 +1809,47 @@ def _normalise(data: dict) -> dict:
             "strata": list(allocation.get("strata", DEFAULT_STRATA)) if when == "after_pretest" else [],
         },
         "debrief": text(data["debrief"]),
+    }
+
+
+def _normalise_analysis(plan: dict, arms: list[dict]) -> dict:
+    """The plan with every default filled in and its contrasts spelt out as [a, b] pairs (a - b)."""
+    arm_ids = [arm["id"] for arm in arms]
+    reference = plan.get("reference_arm", arm_ids[0])
+    contrasts = plan.get("contrasts", "vs_reference")
+    if contrasts == "vs_reference":
+        pairs = [[arm, reference] for arm in arm_ids if arm != reference]
+    elif contrasts == "all_pairs":
+        pairs = [[a, b] for a, b in itertools.combinations(arm_ids, 2)]
+    else:
+        pairs = [list(pair) for pair in contrasts]
+    exclusions = plan.get("exclusions") or {}
+    robust = plan.get("robust", "none")
+    return {
+        "outcomes": [
+            {
+                "id": o["id"], "measure": o["measure"], "role": o["role"],
+                "alternative": o.get("alternative", "two-sided"),
+                "confirmatory": o.get("confirmatory", o["role"] == "primary"),
+            }
+            for o in plan["outcomes"]
+        ],
+        "scales": [
+            {"id": s["id"], "items": list(s["items"]), "scoring": s.get("scoring", "mean"),
+             "reverse": list(s.get("reverse") or [])}
+            for s in plan.get("scales") or []
+        ],
+        "covariates": list(plan.get("covariates") or []),
+        "reference_arm": reference,
+        "contrasts": pairs,
+        "contrast_set": contrasts if isinstance(contrasts, str) else "listed",
+        "alpha": float(plan.get("alpha", ANALYSIS_ALPHA_DEFAULT)),
+        "correction": plan.get("correction", "holm"),
+        "robust": None if robust == "none" else robust,
+        "exclusions": {
+            "attention_items": list(exclusions.get("attention_items") or []),
+            "min_seconds": exclusions.get("min_seconds", 0),
+        },
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -38,8 +39,15 @@ DEPS_STAMP = VENV / ".teachback-deps"
 PYPROJECT = ROOT / "pyproject.toml"
 VAR = ROOT / "var"
 LOGS = VAR / "log"
-DEMO_LLM_FILE = VAR / "demo-llm.json"
+# Written once the demo answers and removed when it stops: its pid, port, Redis and LLM settings,
+# which `run.py manage` uses to reach it. Owner-only: an LLM setting may be an API key.
+DEMO_RUN_FILE = VAR / "demo-run.json"
 LLM_ENV_PREFIXES = ("LLM_", "ANTHROPIC_")
+# manage.py commands that talk to the server over HTTP (and take --base-url), and those that only
+# print links with it.
+SERVER_COMMANDS = ("study_bots", "study_simulate")
+LINK_COMMANDS = ("study_launch",)
+DEMO_NOT_RUNNING = "the demo is not running: start it with `python3 run.py demo` (or give --base-url URL)"
 
 EXAMPLE_STUDY = "studies/examples/loan-approval"
 EXAMPLE_SLUG = "loan-approval"
@@ -48,6 +56,7 @@ RESEARCHER = "researcher"
 STOP_GRACE_S = 5.0
 REDIS_WAIT_S = 5.0
 HEALTH_WAIT_S = 30.0
+PIP_HEARTBEAT_S = 30.0
 
 TEST_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/teachback"
 TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
@@ -73,6 +82,25 @@ def say(message: str) -> None:
 
 def warn(message: str) -> None:
     print(f"[run.py] WARNING: {message}", file=sys.stderr, flush=True)
+
+
+# Seconds each phase of this run took, in order, for the summary line.
+PHASES: list[tuple[str, float]] = []
+
+
+@contextlib.contextmanager
+def phase(title: str, short: str):
+    """Say that `title` starts, then how many seconds it took (so a first start shows it is working)."""
+    say(f"{title} ...")
+    started = time.monotonic()
+    yield
+    seconds = time.monotonic() - started
+    PHASES.append((short, seconds))
+    say(f"{title}: {seconds:.1f} s")
+
+
+def phases_summary(total: float) -> str:
+    return f"ready in {total:.0f} s (" + ", ".join(f"{short} {s:.1f} s" for short, s in PHASES) + ")"
 
 
 # --------------------------------------------------------------------------- venv
@@ -111,8 +139,8 @@ def deps_up_to_date(extras: list[str]) -> bool:
 def ensure_venv(extras: list[str]) -> None:
     """Create `.venv` if needed and install the dependencies unless the stamp says done."""
     if not PYTHON.exists():
-        say(f"creating {VENV.relative_to(ROOT)}/ ...")
-        venv.EnvBuilder(with_pip=True).create(VENV)
+        with phase(f"creating {VENV.relative_to(ROOT)}/", "venv"):
+            venv.EnvBuilder(with_pip=True).create(VENV)
     if deps_up_to_date(extras):
         return
     # Keep extras installed before (e.g. `test`) in the stamp, so `demo` after `test`
@@ -121,9 +149,18 @@ def ensure_venv(extras: list[str]) -> None:
         previous = DEPS_STAMP.read_text().split()[1:]
         extras = sorted(set(extras) | set(previous))
     requirements = wanted_requirements(extras)
-    say(f"installing {len(requirements)} packages into .venv (about a minute the first time) ...")
     command = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
-    if subprocess.run([*command, *requirements], cwd=ROOT).returncode != 0:
+    # pip is quiet, and the first time it downloads and installs for minutes: say that it still runs.
+    with phase(f"installing {len(requirements)} packages and their dependencies into .venv/ with pip", "pip"):
+        process = subprocess.Popen([*command, *requirements], cwd=ROOT)
+        started = time.monotonic()
+        while True:
+            try:
+                process.wait(timeout=PIP_HEARTBEAT_S)
+                break
+            except subprocess.TimeoutExpired:
+                say(f"  pip is still installing ({time.monotonic() - started:.0f} s so far) ...")
+    if process.returncode != 0:
         raise SetupError("pip install failed (see above)")
     DEPS_STAMP.write_text(stamp_for(extras))
 
@@ -345,10 +382,11 @@ def start_redis(children: Children, env: dict[str, str], binary: str) -> str:
     """Start a throwaway Redis on a free loopback port; return its URL once it answers."""
     port = any_free_port()
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    child = children.start("redis", command, env)
     url = f"redis://127.0.0.1:{port}/0"
-    if not wait_until(lambda: redis_ping(url) or not child.alive(), REDIS_WAIT_S) or not redis_ping(url):
-        raise SetupError(f"the Redis started from {binary} did not answer:\n{child.tail()}")
+    with phase("starting Redis", "redis"):
+        child = children.start("redis", command, env)
+        if not wait_until(lambda: redis_ping(url) or not child.alive(), REDIS_WAIT_S) or not redis_ping(url):
+            raise SetupError(f"the Redis started from {binary} did not answer:\n{child.tail()}")
     say(f"started Redis ({binary}) on 127.0.0.1:{port}")
     return url
 
@@ -384,21 +422,69 @@ def manage(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Co
     return result
 
 
-def prepare_database(env: dict[str, str], port: int) -> bool:
+def prepare_database(env: dict[str, str], port: int) -> str:
     """Migrate, collect static files, load and launch the example, create the researcher (its owner).
 
-    Return whether the researcher account is ready.
+    Return the researcher account's state, as `researcher_ensure` does.
     """
-    manage(env, "migrate", "--noinput")
-    manage(env, "collectstatic", "--noinput", "--verbosity", "0")
-    manage(env, "study_load", EXAMPLE_STUDY)
-    manage(env, "study_launch", EXAMPLE_SLUG, "--base-url", f"http://127.0.0.1:{port}")
-    password = demo_secret("demo-password", 12)
+    database = Path(env["DATABASE_URL"].removeprefix("sqlite:///"))
+    new_database = not database.exists()
+    with phase(f"migrating the database (var/{database.name})", "migrate"):
+        manage(env, "migrate", "--noinput", "--verbosity", "0")
+    with phase("collecting static files", "collectstatic"):
+        manage(env, "collectstatic", "--noinput", "--verbosity", "0")
+    with phase("loading and launching the example study", "example study"):
+        manage(env, "study_load", EXAMPLE_STUDY)
+        manage(env, "study_launch", EXAMPLE_SLUG, "--base-url", f"http://127.0.0.1:{port}")
+    with phase("setting up the researcher account", "researcher"):
+        return researcher_ensure(env, new_database=new_database)
+
+
+# Print whether the researcher exists and still has the demo's generated password (read from the
+# file here, so that it never appears in a process list).
+RESEARCHER_STATE = """
+from pathlib import Path
+from django.contrib.auth import get_user_model
+user = get_user_model().objects.filter(username={username!r}).first()
+print("missing" if user is None else "demo" if user.check_password(Path({path!r}).read_text().strip()) else "changed")
+"""
+
+
+def researcher_ensure(env: dict[str, str], *, new_database: bool) -> str:
+    """Create the researcher with the demo's password unless the account exists; leave an existing one alone.
+
+    Return "demo" (it has the password in var/demo-password), "changed" (the researcher set another one)
+    or "failed" (it could not be created or checked).
+    """
+    password_file = VAR / "demo-password"
+    password = demo_secret(password_file.name, 12)
+    state = "missing" if new_database else researcher_state(env, password_file)
+    if state == "demo":
+        say(f"the researcher account exists, with the password in var/{password_file.name}")
+        return state
+    if state == "changed":
+        say("the researcher account exists, with a password you set: leaving it alone")
+        return state
+    if state != "missing":
+        return "failed"
     created = manage(env, "researcher_create", "--username", RESEARCHER, "--password", password,
                      "--study", EXAMPLE_SLUG, "--role", "owner", check=False)
     if created.returncode != 0:
         warn("`manage.py researcher_create` failed: the researcher login below may not work")
-    return created.returncode == 0
+        return "failed"
+    return "demo"
+
+
+def researcher_state(env: dict[str, str], password_file: Path) -> str | None:
+    """Return "missing", "demo" or "changed" (see RESEARCHER_STATE), or None when the check failed."""
+    code = RESEARCHER_STATE.format(username=RESEARCHER, path=str(password_file))
+    checked = subprocess.run([str(PYTHON), "manage.py", "shell", "--no-imports", "-c", code], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+    words = checked.stdout.split()
+    if checked.returncode != 0 or not words or words[-1] not in ("missing", "demo", "changed"):
+        warn(f"could not check the researcher account:\n{checked.stderr.strip()[-2000:]}")
+        return None
+    return words[-1]
 
 
 def llm_configured() -> bool:
@@ -409,24 +495,27 @@ def start_scripted_llm(children: Children, env: dict[str, str]) -> str:
     """Start the scripted demo model (explainers/fakellm.py) on a free loopback port; return its URL."""
     port_file = VAR / "scripted-llm.port"
     port_file.unlink(missing_ok=True)
-    children.start(
-        "scripted-llm",
-        ["python", "-m", "explainers.fakellm", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)],
-        env,
-    )
-    if not wait_until(lambda: port_file.exists() and port_file.read_text().strip(), 15.0, 0.05):
-        raise SetupError("the scripted demo model did not start (see var/log/scripted-llm.log)")
+    with phase("starting the scripted demo model", "scripted model"):
+        children.start(
+            "scripted-llm",
+            ["python", "-m", "explainers.fakellm", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)],
+            env,
+        )
+        if not wait_until(lambda: port_file.exists() and port_file.read_text().strip(), 15.0, 0.05):
+            raise SetupError("the scripted demo model did not start (see var/log/scripted-llm.log)")
     return f"http://127.0.0.1:{port_file.read_text().strip()}"
 
 
 def start_app(children: Children, env: dict[str, str], port: int) -> None:
     """Start uvicorn and the Celery worker (with its beat: the sweeper); return once /healthz answers 200."""
+    say(f"starting the web server (uvicorn on 127.0.0.1:{port}; log: var/log/web.log)")
     children.start(
         "web",
         # No access log: participant URLs carry the Prolific PID in the query string.
         ["uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
         env,
     )
+    say("starting the worker (Celery with its scheduler; log: var/log/worker.log)")
     children.start(
         "worker",
         ["celery", "-A", "config", "worker", "--pool", "threads", "--concurrency", "50", "--loglevel", "INFO",
@@ -434,7 +523,8 @@ def start_app(children: Children, env: dict[str, str], port: int) -> None:
         env,
     )
     health = f"http://127.0.0.1:{port}/healthz"
-    ready = wait_until(lambda: http_status(health) == 200 or children.first_dead(), HEALTH_WAIT_S, 0.25)
+    with phase(f"waiting for {health}", "web and worker"):
+        ready = wait_until(lambda: http_status(health) == 200 or children.first_dead(), HEALTH_WAIT_S, 0.25)
     dead = children.first_dead()
     if dead:
         raise SetupError(f"{dead.name} exited with code {dead.process.returncode}; last lines:\n{dead.tail()}")
@@ -442,11 +532,15 @@ def start_app(children: Children, env: dict[str, str], port: int) -> None:
         raise SetupError(f"{health} did not answer 200 within {HEALTH_WAIT_S:.0f} s (last: {http_status(health)})")
 
 
-def print_banner(port: int, researcher_ready: bool) -> None:
+def print_banner(port: int, researcher: str) -> None:
     base = f"http://127.0.0.1:{port}"
     pid = secrets.token_hex(12)  # a Prolific id is 24 hex digits; the study refuses others
     link = f"{base}/s/{EXAMPLE_SLUG}/?PROLIFIC_PID={pid}&STUDY_ID=demo&SESSION_ID=demo-{secrets.token_hex(4)}"
-    password = (VAR / "demo-password").read_text().strip()
+    password = {
+        "demo": (VAR / "demo-password").read_text().strip(),
+        "changed": "(the password you set)",
+        "failed": (VAR / "demo-password").read_text().strip() + "   (researcher_create failed: see above)",
+    }[researcher]
     llm = os.environ.get("LLM_BASE_URL")
     lines = [
         "",
@@ -459,7 +553,7 @@ def print_banner(port: int, researcher_ready: bool) -> None:
         "Researcher console (owner of the example study):",
         f"  {base}/console/",
         f"  username: {RESEARCHER}",
-        f"  password: {password}" + ("" if researcher_ready else "   (researcher_create failed: see above)"),
+        f"  password: {password}",
         f"  (Django admin at {base}/admin/ needs a superuser: python3 run.py manage researcher_create"
         " --username admin --password ... --superuser)",
         "",
@@ -488,22 +582,26 @@ def watch(children: Children) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     children = Children()
+    started = time.monotonic()
+    PHASES.clear()
     # Install both handlers explicitly: a shell starts background jobs with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, raise_shutdown)
     try:
         ensure_venv(extras=[])
         VAR.mkdir(exist_ok=True)
+        for old in ("demo-llm.json", "demo-redis-url"):  # what earlier versions kept after the demo stopped
+            (VAR / old).unlink(missing_ok=True)
         port = free_port_from(int(os.environ.get("PORT", "8000")))
         env = demo_env(port)
         env["REDIS_URL"] = choose_redis(children, env)
-        (VAR / "demo-redis-url").write_text(env["REDIS_URL"] + "\n")
         if not llm_configured():
             env["SCRIPTED_LLM_URL"] = start_scripted_llm(children, env)
-        record_demo_llm(env)
-        researcher_ready = prepare_database(env, port)
+        researcher = prepare_database(env, port)
         start_app(children, env, port)
-        print_banner(port, researcher_ready)
+        demo_run_record(env, port)
+        say(phases_summary(time.monotonic() - started))
+        print_banner(port, researcher)
         return watch(children)
     except (KeyboardInterrupt, Shutdown):
         print(flush=True)
@@ -516,17 +614,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # Ignore further signals so a second Ctrl-C cannot leave orphans behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        demo_run_remove()
         children.stop_all()
 
 
 def cmd_manage(args: argparse.Namespace) -> int:
-    """Run a manage.py command against the demo's database, Redis and LLM settings (e.g. study_bots)."""
+    """Run a manage.py command against the demo's database, Redis and LLM settings (e.g. study_bots).
+
+    While the demo runs, use the Redis and LLM settings it runs with, and point a command that talks to
+    the server at it; a command that needs the server fails in one line when the demo does not run.
+    """
+    running = demo_run_read()
+    try:
+        command = manage_command(args.pytest_args, running)
+    except SetupError as error:
+        print(f"[run.py] {error}", file=sys.stderr, flush=True)
+        return 1
     ensure_venv(extras=[])
     VAR.mkdir(exist_ok=True)
-    redis_file = VAR / "demo-redis-url"
-    redis_url = redis_file.read_text().strip() if redis_file.exists() else LOCAL_DEMO_REDIS
-    env = manage_env(demo_env(0), recorded_llm=read_demo_llm(), caller=os.environ, redis_url=redis_url)
-    return subprocess.run([str(PYTHON), "manage.py", *args.pytest_args], cwd=ROOT, env=env).returncode
+    redis_url = running["redis_url"] if running else os.environ.get("REDIS_URL") or LOCAL_DEMO_REDIS
+    env = manage_env(demo_env(0), recorded_llm=running["llm"] if running else {}, caller=os.environ,
+                     redis_url=redis_url)
+    return subprocess.run([str(PYTHON), "manage.py", *command], cwd=ROOT, env=env).returncode
+
+
+def manage_command(args: list[str], running: dict | None) -> list[str]:
+    """Return manage.py's arguments, adding the running demo's --base-url to a command that takes one.
+
+    Raise SetupError when a command that talks to the server has no --base-url and no demo runs.
+    """
+    name = args[0] if args else ""
+    given = any(arg == "--base-url" or arg.startswith("--base-url=") for arg in args[1:])
+    if name not in SERVER_COMMANDS + LINK_COMMANDS or given:
+        return list(args)
+    if running is None:
+        if name in SERVER_COMMANDS:
+            raise SetupError(DEMO_NOT_RUNNING)
+        return list(args)
+    return [*args, "--base-url", running["base_url"]]
 
 
 def llm_settings(env: dict[str, str]) -> dict[str, str]:
@@ -534,23 +659,50 @@ def llm_settings(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(LLM_ENV_PREFIXES) or k == "SCRIPTED_LLM_URL"}
 
 
-def record_demo_llm(env: dict[str, str]) -> None:
-    """Write the demo's LLM settings to var/ for `run.py manage`; owner-only, as they may hold an API key."""
-    DEMO_LLM_FILE.unlink(missing_ok=True)
-    fd = os.open(DEMO_LLM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def demo_run_record(env: dict[str, str], port: int) -> None:
+    """Write what `run.py manage` needs to reach the running demo to var/; owner-only (an LLM key may be in it)."""
+    record = {"pid": os.getpid(), "port": port, "redis_url": env["REDIS_URL"], "llm": llm_settings(env)}
+    DEMO_RUN_FILE.unlink(missing_ok=True)
+    fd = os.open(DEMO_RUN_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(llm_settings(env), f, indent=1, sort_keys=True)
+        json.dump(record, f, indent=1, sort_keys=True)
     # Names only: a value may be an API key.
-    say(f"LLM settings for `run.py manage` in var/{DEMO_LLM_FILE.name}: "
-        + (", ".join(sorted(llm_settings(env))) or "none"))
+    say(f"`run.py manage` reaches this demo through var/{DEMO_RUN_FILE.name} (port {port}, its Redis, LLM settings: "
+        + (", ".join(sorted(record["llm"])) or "none") + ")")
 
 
-def read_demo_llm() -> dict[str, str]:
-    """Return the LLM settings the demo recorded, or none if it never ran."""
+def demo_run_read() -> dict | None:
+    """Return what the running demo recorded, or None when none runs (a file left by a killed one counts as none)."""
     try:
-        return {str(k): str(v) for k, v in json.loads(DEMO_LLM_FILE.read_text()).items()}
+        record = json.loads(DEMO_RUN_FILE.read_text())
+        pid, port, redis_url = int(record["pid"]), int(record["port"]), str(record["redis_url"])
+        llm = {str(k): str(v) for k, v in record.get("llm", {}).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not (process_alive(pid) and port_open("127.0.0.1", port)):
+        return None
+    return {"pid": pid, "port": port, "base_url": f"http://127.0.0.1:{port}", "redis_url": redis_url, "llm": llm}
+
+
+def demo_run_remove() -> None:
+    """Remove var/demo-run.json if this process wrote it (another demo of this checkout may have since)."""
+    try:
+        if json.loads(DEMO_RUN_FILE.read_text()).get("pid") == os.getpid():
+            DEMO_RUN_FILE.unlink()
     except (OSError, ValueError, AttributeError):
-        return {}
+        pass
+
+
+def process_alive(pid: int) -> bool:
+    if pid <= 0:  # 0 and negative numbers name process groups
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def manage_env(base: dict[str, str], *, recorded_llm: dict[str, str], caller: dict[str, str],
@@ -671,7 +823,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     test.set_defaults(handler=cmd_test)
     manage_cmd = commands.add_parser(
         "manage",
-        help="run a manage.py command against the demo's database (e.g. `manage study_bots loan-approval -n 50`)",
+        help="run a manage.py command against the demo's database and, while it runs, the demo itself "
+        "(e.g. `manage study_bots loan-approval -n 50`)",
         usage="run.py manage COMMAND [ARGS ...]",
         allow_abbrev=False,
         add_help=False,

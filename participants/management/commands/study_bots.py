@@ -3,6 +3,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 from django.core.management.base import BaseCommand, CommandError
 
 from participants.bots import REPLY_TIMEOUT_S, AnswerPolicy, bot_run
@@ -41,11 +42,16 @@ class Command(BaseCommand):
         except ValueError as error:
             raise CommandError(str(error)) from None
         started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, n))) as pool:
-            results = list(pool.map(
-                lambda pair: bot_run(base_url=base_url, slug=slug, policy=pair[0], link_token=token, pid=pair[1]),
-                zip(policies, pids),
-            ))
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(concurrency, n))) as pool:
+                results = list(pool.map(
+                    lambda pair: bot_run(base_url=base_url, slug=slug, policy=pair[0], link_token=token, pid=pair[1]),
+                    zip(policies, pids),
+                ))
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            # One line, not a traceback: the usual cause is a server that is not running.
+            raise CommandError(f"no server answers at {base_url} ({error}): is it running? The demo starts with "
+                               "`python3 run.py demo`, and `python3 run.py manage study_bots ...` finds its port") from None
         completed = [r for r in results if r.completed]
         code = version.spec["recruitment"]["completion_code"]
         with_code = sum(1 for r in completed if code in r.finish_url)

@@ -251,11 +251,112 @@ def _tables() -> tuple[Table, ...]:
 TABLES: dict[str, Table] = {t.name: t for t in _tables()}
 
 
-def codebook_dict(*, arms: list[str] | None = None, concepts: list[str] | None = None) -> dict:
-    """Return the codebook as plain data; study-specific allowed values (arms, concepts) when given."""
+# --- the wide table: one row per participant, its columns depend on the study -----------------
+
+WIDE = "participants_wide"
+#: Every table an export writes: the long tables, then the wide one (built per study by `wide_table`).
+TABLE_NAMES = (*TABLES, WIDE)
+
+_MEASURE_COLUMNS = (
+    _c("pre", "number", "Pre-test score: mean `score` over the participant's scored pre-test answers (responses).",
+       unit="0-1"),
+    _c("post", "number", "Post-test score: mean `score` over the scored post-test answers.", unit="0-1"),
+    _c("gain", "number", "post − pre.", unit="-1 to 1"),
+    _c("normalized_gain", "number", "Hake's normalized gain (post − pre) / (1 − pre); empty at pre = 1.",
+       unit="(post − pre)/(1 − pre)"),
+    _c("forward_sim_accuracy", "number", "Share of the post-test `predict` items answered right.", unit="0-1"),
+    _c("brier", "number", "Mean of (confidence/100 − outcome)² over the post-test predict items with a "
+       "confidence rating (lower is better).", unit="0-1"),
+    _c("ece", "number", "Expected calibration error of those items, 10 equal-width confidence bins.", unit="0-1"),
+    _c("time_on_task_s", "number", "completed_at − started_at; empty until the participant finished.", unit="s"),
+    _c("turns", "number", "Chat messages the participant wrote (turns with author `participant`).",
+       unit="count"),
+    _c("tokens", "number", "Σ input + output tokens over the participant's LLM calls (every attempt).",
+       unit="tokens"),
+    _c("cost_usd", "number", "Σ cost_usd over those calls; empty when a call that used tokens has no price.",
+       unit="USD"),
+    _c("lm_accuracy", "number", "Share of post-test items where the explainer's prediction (p_correct ≥ 0.5 "
+       "read as right) matched the real outcome; empty without predictions.", unit="0-1"),
+    _c("lm_brier", "number", "Mean of (p_correct − outcome)² over those items.", unit="0-1"),
+)
+_WIDE_RECORDED = ("paste_count", "hidden_ms", "visibility_changes", "first_input_ms_median", "pages_reloaded")
+
+
+def _wide_fixed() -> tuple[Column, ...]:
+    base = {c.name: c for c in TABLES["participants"].columns}
+    ids = ("version_sha256", "pseudonym", "arm", "form_order", "stratum", "step", "status", "is_simulated",
+           "is_pilot", "language")
+    return (*(base[name] for name in ids), *_MEASURE_COLUMNS, *(base[name] for name in _WIDE_RECORDED))
+
+
+WIDE_FIXED: tuple[Column, ...] = _wide_fixed()
+_ITEM_TYPES = {"likert": "integer", "numeric": "number", "multi_choice": "json"}
+
+
+def wide_column_names(items: list[dict], scales: list[dict]) -> dict[tuple[str, str], str]:
+    """Name the study's item and scale columns: {("item" | "scale", id): column}.
+
+    A column is named by its id with `-` turned into `_` (a name SPSS, Stata and R formulas take);
+    a name that starts with a digit, or is already taken (a fixed column, an earlier item), gets the
+    prefix `item_` (items) or `scale_` (scales).
+    """
+    taken = {c.name for c in WIDE_FIXED}
+    names = {}
+    for what, ident in [("item", i["id"]) for i in items] + [("scale", s["id"]) for s in scales]:
+        name = ident.replace("-", "_")
+        if name[0].isdigit() or name in taken:
+            name = f"{what}_{name}"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        names[(what, ident)] = name
+    return names
+
+
+def wide_table(*, items: list[dict] | None = None, scales: list[dict] | None = None) -> Table:
+    """Return the `participants_wide` table of a study: the fixed columns, then one per item and scale.
+
+    `items`: the questionnaire items of the exported versions, in order, as dicts with `id`, `kind`,
+    `prompt` (English text) and, for likert items, `scale` ({min, max}); `scales`: the declared
+    `analysis.scales` ({id, items, scoring, reverse}).
+    """
+    items, scales = list(items or ()), list(scales or ())
+    names = wide_column_names(items, scales)
+    columns = list(WIDE_FIXED)
+    for item in items:
+        kind = item.get("kind", "")
+        span = item.get("scale") or {}
+        unit = f"{span['min']}-{span['max']}" if "min" in span and "max" in span else ""
+        what = {"likert": "the point chosen", "numeric": "the number given", "multi_choice": "a JSON array of the "
+                "option ids chosen", "text": "the text as typed (free text: screen it before publishing)"}.get(
+            kind, "the option id chosen" if kind in ("single_choice", "predict") else "the answer as given")
+        prompt = f" ({item['prompt']})" if item.get("prompt") else ""
+        columns.append(_c(names[("item", item["id"])], _ITEM_TYPES.get(kind, "string"),
+                          f"Questionnaire item `{item['id']}`{prompt}: {what}; empty when not answered.", unit=unit))
+    for scale in scales:
+        scoring = scale.get("scoring") or "mean"
+        reverse = scale.get("reverse") or []
+        keyed = f", after reversing {', '.join(f'`{r}`' for r in reverse)} (min + max − answer)" if reverse else ""
+        columns.append(_c(names[("scale", scale["id"])], "number",
+                          f"Scale `{scale['id']}` (analysis.scales): the {scoring} of items "
+                          f"{', '.join(f'`{i}`' for i in scale['items'])}{keyed}; empty unless every item of "
+                          "the scale was answered."))
+    return Table(WIDE, "One row per participant, the measures and questionnaire answers as columns (for SPSS, "
+                 "Stata, R and spreadsheets): the same participants as `participants`, values computed from the "
+                 "long tables by analysis.measures.", tuple(columns), row="participant",
+                 note="The measures are computed for every participant who has the data, finished or not: "
+                      "filter on status (and is_simulated, is_pilot) before analysing.")
+
+
+def codebook_dict(*, arms: list[str] | None = None, concepts: list[str] | None = None,
+                  extra_tables: tuple[Table, ...] = ()) -> dict:
+    """Return the codebook as plain data; study-specific allowed values (arms, concepts) when given.
+
+    `extra_tables`: tables built for this study (the wide table), listed after the long ones.
+    """
     extra = {"arm": tuple(arms or ()), "concept": tuple(concepts or ())}
     tables = {}
-    for table in TABLES.values():
+    for table in (*TABLES.values(), *extra_tables):
         columns = []
         for column in table.columns:
             data = asdict(column)
@@ -284,7 +385,8 @@ def codebook_markdown(*, title: str = "", **kwargs) -> str:
     """Render the codebook as a readable Markdown page."""
     data = codebook_dict(**kwargs)
     lines = [f"# Codebook{': ' + title if title else ''}", "",
-             "Every table is long and tidy (one row per thing); every row carries `version_sha256`.", "",
+             "Every table is tidy (one row per thing) and every row carries `version_sha256`; all but "
+             f"`{WIDE}` are long, and `{WIDE}` puts one participant on one row.", "",
              "| type | meaning |", "| --- | --- |"]
     lines += [f"| {name} | {meaning} |" for name, meaning in data["types"].items()]
     for name, table in data["tables"].items():

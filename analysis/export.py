@@ -1,5 +1,8 @@
 """Export a study to tidy files (CSV, Parquet or JSON Lines) with a codebook and a manifest.
 
+The long tables of `codebook.TABLES` and the wide table `participants_wide` (one row per participant,
+its columns built for the study by `codebook.wide_table`).
+
 Streaming: participants are read `chunk_size` at a time and each table's rows are written as they
 come (CSV and JSONL line by line, Parquet one row group per chunk with the codebook's fixed schema),
 so memory does not grow with the number of participants. Reads only; writes nothing to the database.
@@ -16,7 +19,7 @@ from pathlib import Path
 from django.utils import timezone
 
 from . import frames
-from .codebook import TABLES, Table, codebook_json, codebook_markdown
+from .codebook import TABLE_NAMES, TABLES, WIDE, Table, codebook_json, codebook_markdown, wide_table
 
 FORMATS = ("csv", "parquet", "jsonl")
 PARQUET_MAX_ROWS = 20_000  # a row group holds at most this many rows (bounds memory for long chats)
@@ -152,11 +155,14 @@ def study_export(*, slug: str, out: str | Path, fmt: str = "csv", include_simula
     with frames.read_only_snapshot():  # one consistent snapshot for every table; the export writes nothing
         exported_at = timezone.now()
         scope = frames.export_scope(slug=slug, include_simulated=include_simulated, include_pilot=include_pilot)
-        counts = _write_tables(scope, out, WRITERS[fmt], chunk_size)
+        items, scales = frames.questionnaire_items(scope.versions), frames.analysis_scales(scope.versions)
+        wide = wide_table(items=items, scales=scales)
+        counts = _write_tables(scope, out, WRITERS[fmt], chunk_size, (wide, items, scales))
     arms = sorted({a["id"] for v in scope.versions for a in v.spec["arms"]})
     concepts = sorted({c["id"] for v in scope.versions for c in v.spec.get("concepts") or []})
-    (out / "codebook.json").write_text(codebook_json(arms=arms, concepts=concepts), encoding="utf-8")
-    (out / "codebook.md").write_text(codebook_markdown(title=slug, arms=arms, concepts=concepts), encoding="utf-8")
+    book = {"arms": arms, "concepts": concepts, "extra_tables": (wide,)}
+    (out / "codebook.json").write_text(codebook_json(**book), encoding="utf-8")
+    (out / "codebook.md").write_text(codebook_markdown(title=slug, **book), encoding="utf-8")
     manifest = {
         "study": slug,
         "format": fmt,
@@ -174,7 +180,7 @@ def study_export(*, slug: str, out: str | Path, fmt: str = "csv", include_simula
             path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
             for path in sorted(out.iterdir())
             if path.is_file() and path.name != "manifest.json"
-            and (path.stem in TABLES or path.name in ("codebook.json", "codebook.md"))
+            and (path.stem in TABLE_NAMES or path.name in ("codebook.json", "codebook.md"))
         },
         "pseudonym": "p_ + 16 hex of HMAC-SHA256(participant id) under a key derived from the platform secret",
     }
@@ -182,24 +188,40 @@ def study_export(*, slug: str, out: str | Path, fmt: str = "csv", include_simula
     return manifest
 
 
-def _write_tables(scope, out: Path, writer_class, chunk_size: int) -> dict[str, int]:
+def _write_tables(scope, out: Path, writer_class, chunk_size: int, wide: tuple) -> dict[str, int]:
+    """Write every table; `wide` is (the wide Table, its questionnaire items, its scales)."""
+    wide, items, scales = wide
     writers = {name: writer_class(out, table) for name, table in TABLES.items()}
+    writers[WIDE] = writer_class(out, wide)
     try:
         writers["study_versions"].write(frames.version_rows(scope.study, scope.versions))
         writers["items"].write(frames.item_rows(scope.versions))
         writers["concepts"].write(frames.concept_rows(scope.versions))
         kinds = frames.item_kinds(scope.versions)
-        per_participant = ("participants", "responses", "turns", "llm_calls", "learner_models", "predictions", "events")
+        per_participant = ("participants", "responses", "turns", "llm_calls", "learner_models", "predictions", "events",
+                           WIDE)
         for chunk in frames.participant_chunks(scope, chunk_size):
             events, totals = frames.event_rows(chunk)
-            writers["participants"].write(frames.participant_rows(chunk, totals))
+            people = frames.participant_rows(chunk, totals)
+            writers["participants"].write(people)
             writers["events"].write(events)
             del events
-            writers["responses"].write(frames.response_rows(chunk, kinds))
-            writers["turns"].write(frames.turn_rows(chunk))
-            writers["llm_calls"].write(frames.llm_call_rows(chunk))
+            responses = list(frames.response_rows(chunk, kinds))
+            writers["responses"].write(responses)
+            # the wide table's measures need only a few columns of the turns and calls: kept as they stream by
+            turns, calls, predictions = [], [], []
+            writers["turns"].write(_keep(frames.turn_rows(chunk), turns, "turns", ("pseudonym", "author")))
+            writers["llm_calls"].write(_keep(frames.llm_call_rows(chunk), calls, "llm_calls",
+                                             ("pseudonym", "input_tokens", "output_tokens", "cost_usd")))
             writers["learner_models"].write(frames.learner_model_rows(chunk))
-            writers["predictions"].write(frames.prediction_rows(chunk))
+            writers["predictions"].write(_keep(frames.prediction_rows(chunk), predictions, "predictions",
+                                               ("pseudonym", "item_id", "p_correct")))
+            writers[WIDE].write(frames.wide_rows(
+                wide, items, scales, frames.frame("participants", people), frames.frame("responses", responses),
+                frames.frame("turns", turns), frames.frame("llm_calls", calls),
+                frames.frame("predictions", predictions),
+            ))
+            del responses, turns, calls, predictions
             for name in per_participant:
                 if isinstance(writers[name], ParquetWriter):
                     writers[name].flush()  # one row group per chunk
@@ -207,6 +229,19 @@ def _write_tables(scope, out: Path, writer_class, chunk_size: int) -> dict[str, 
         for writer in writers.values():
             writer.close()
     return {name: writer.rows for name, writer in writers.items()}
+
+
+def _keep(rows, kept: list, table: str, columns: tuple[str, ...]):
+    """Yield `rows` unchanged, appending to `kept` a copy with only `columns` filled (the others None)."""
+    names = TABLES[table].names
+    keep = [i for i, name in enumerate(names) if name in columns]
+    blank = [None] * len(names)
+    for row in rows:
+        slim = list(blank)
+        for i in keep:
+            slim[i] = row[i]
+        kept.append(tuple(slim))
+        yield row
 
 
 def _sha256(path: Path) -> str:

@@ -28,7 +28,7 @@ from studies.protocol import Protocol
 from studies.scoring import item_key
 from studies.spec import FROM_TARGET, localize
 
-from .codebook import CLIENT_COUNTERS, TABLES
+from .codebook import CLIENT_COUNTERS, TABLES, Table, wide_column_names
 
 if TYPE_CHECKING:  # pandas is imported where a frame is built, not by every process that loads the admin
     import pandas as pd
@@ -328,6 +328,115 @@ def item_rows(versions: Iterable[StudyVersion]) -> list[tuple]:
                     _english(version, item.get("prompt")),
                 ))
     return rows
+
+
+def questionnaire_items(versions: Iterable[StudyVersion]) -> list[dict]:
+    """The questionnaire items of the versions, in order of first appearance; the latest version's wording.
+
+    Each is {id, kind, prompt (English), scale ({min, max} for likert items)}: what `codebook.wide_table`
+    and `wide_rows` need.
+    """
+    found: dict[str, dict] = {}
+    for version in versions:
+        items = {item["id"]: item for item in version.spec["items"]}
+        for item_id in version.spec["instruments"].get("questionnaire") or []:
+            item = items.get(item_id)
+            if item is None:
+                continue
+            scale = item.get("scale") or {}
+            found[item_id] = {"id": item_id, "kind": item["kind"], "prompt": _english(version, item.get("prompt")),
+                              "scale": {k: scale[k] for k in ("min", "max") if k in scale}}
+    return list(found.values())
+
+
+def analysis_scales(versions: Iterable[StudyVersion]) -> list[dict]:
+    """The `analysis.scales` the versions declare (the latest version's definition of each id)."""
+    found: dict[str, dict] = {}
+    for version in versions:
+        for scale in (version.spec.get("analysis") or {}).get("scales") or []:
+            found[scale["id"]] = {"id": scale["id"], "items": list(scale["items"]), "scoring": scale.get("scoring")
+                                  or "mean", "reverse": list(scale.get("reverse") or [])}
+    return list(found.values())
+
+
+def _answer(value, kind: str):
+    """A questionnaire answer (JSON text as exported in responses.value) as the wide column's value."""
+    if value is None:
+        return None
+    if kind in ("likert", "numeric"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        return int(number) if kind == "likert" and number.is_integer() else number
+    return str(value)
+
+
+def _cell(value, type_: str):
+    """A DataFrame value as a writer expects it: None for missing, plain Python types."""
+    import pandas as pd
+
+    if value is None or (not isinstance(value, (str, list, dict)) and pd.isna(value)):
+        return None
+    if type_ == "integer":
+        return int(value)
+    if type_ == "number":
+        return float(value)
+    if type_ == "boolean":
+        return bool(value)
+    return str(value)
+
+
+def wide_rows(table: Table, items: list[dict], scales: list[dict], participants: pd.DataFrame,
+              responses: pd.DataFrame, turns: pd.DataFrame, llm_calls: pd.DataFrame,
+              predictions: pd.DataFrame) -> list[tuple]:
+    """Return one `participants_wide` row per row of `participants`, in its order.
+
+    The measures are `analysis.measures.participant_measures(..., everyone=True)` of the same frames the
+    long tables hold (`predictions` with its codebook name `p_correct`); the item columns are the
+    participant's questionnaire answers; a scale is the mean (or sum) of its items, a reverse-keyed likert
+    item scored min + max − answer, and empty unless every item was answered.
+    """
+    from . import measures
+
+    if participants.empty:
+        return []
+    computed = measures.participant_measures(
+        participants, responses, turns, llm_calls, predictions.rename(columns={"p_correct": "predicted_correct"}),
+        everyone=True,
+    )
+    out = participants.merge(computed.drop(columns=["arm", "form_order"]), on="pseudonym", how="left")
+    names = wide_column_names(items, scales)
+    asked = responses[responses["phase"] == "questionnaire"]
+    answers = {(p, i): v for p, i, v in zip(asked["pseudonym"], asked["item_id"], asked["value"])}
+    kinds = {item["id"]: item for item in items}
+    values: dict[str, list] = {}
+    for item in items:
+        values[item["id"]] = [_answer(answers.get((p, item["id"])), item["kind"]) for p in out["pseudonym"]]
+        out[names[("item", item["id"])]] = _objects(values[item["id"]])
+    for scale in scales:
+        scored = []
+        for row in zip(*(values.get(i, [None] * len(out)) for i in scale["items"])):
+            if any(v is None for v in row):
+                scored.append(None)
+                continue
+            points = []
+            for item_id, v in zip(scale["items"], row):
+                span = kinds.get(item_id, {}).get("scale") or {}
+                reverse = item_id in scale["reverse"] and "min" in span and "max" in span
+                points.append(span["min"] + span["max"] - v if reverse else v)
+            scored.append(float(sum(points) / len(points) if scale["scoring"] == "mean" else sum(points)))
+        out[names[("scale", scale["id"])]] = _objects(scored)
+    columns = [(c.name, c.type) for c in table.columns]
+    return [tuple(_cell(value, type_) for value, (_, type_) in zip(row, columns))
+            for row in out[[name for name, _ in columns]].itertuples(index=False, name=None)]
+
+
+def _objects(values: list):
+    """A list as an object Series (keeps None and ints as they are)."""
+    import pandas as pd
+
+    return pd.Series(values, dtype=object)
 
 
 def concept_rows(versions: Iterable[StudyVersion]) -> list[tuple]:

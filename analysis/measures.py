@@ -109,8 +109,13 @@ def participant_measures(
     llm_calls: pd.DataFrame | None = None,
     predictions: pd.DataFrame | None = None,
     include_simulated: bool = False,
+    everyone: bool = False,
 ) -> pd.DataFrame:
     """Return one row per analysable participant: identifiers and the measures in `MEASURES`.
+
+    `everyone=True` keeps every row of `participants` instead, whatever its status or flags (the
+    export's wide table): each measure is computed from what the participant has, so someone who
+    left after the pre-test has `pre` and no `post`, and `time_on_task_s` is NaN without completed_at.
 
     Columns (scores are proportions in [0, 1]):
 
@@ -134,7 +139,7 @@ def participant_measures(
     given, and NaN when the frame was not given; `lm_*` are NaN without `predictions` or without a
     matching post-test answer. Predictions for items the participant did not answer are ignored.
     """
-    people = _analysable(participants, include_simulated)
+    people = participants.reset_index(drop=True) if everyone else _analysable(participants, include_simulated)
     out = people[["pseudonym", "arm", "form_order"]].copy()
     resp = _with_outcome(responses[responses["pseudonym"].isin(out["pseudonym"])])
 

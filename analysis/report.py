@@ -191,14 +191,23 @@ def _e(text) -> str:
 
 
 class _Svg:
-    """A tiny SVG canvas with a plot area, linear y (and optionally x) scales and axes."""
+    """A tiny SVG canvas: a plot box, linear y (and optionally x) scales, axes, and the data marks.
 
-    def __init__(self, width, height, title, left=56, right=16, top=30, bottom=46):
+    Two layers: `axes` (axis lines, grid, ticks, tick labels, titles) lie around the plot box, inside the
+    canvas; `marks` (points, intervals, boxes, value labels) lie inside the plot box, by construction:
+    the scales map the axis range onto the box inset by `inset` px (room for a point's radius), and an
+    interval is clipped to the axis range, a clipped end drawn as an arrowhead at the box's edge (it goes
+    on beyond the axis). The marks' group carries the box as `data-box="x0 y0 x1 y1"` for tests.
+    """
+
+    def __init__(self, width, height, title, left=56, right=16, top=30, bottom=46, inset=8):
         self.w, self.h = width, height
-        self.left, self.right, self.top, self.bottom = left, right, top, bottom
-        self.parts = [f'<text x="{width / 2:.1f}" y="18" text-anchor="middle" font-size="13" font-weight="bold">'
-                      f'{_e(title)}</text>']
+        self.left, self.right, self.top, self.bottom, self.inset = left, right, top, bottom, inset
+        self.axes = [f'<text x="{width / 2:.1f}" y="18" text-anchor="middle" font-size="13" font-weight="bold">'
+                     f'{_e(title)}</text>']
+        self.marks: list[str] = []
         self.title = title
+        self.clipped = 0  # interval ends drawn as arrows
 
     @property
     def x0(self):
@@ -223,45 +232,96 @@ class _Svg:
         self.xlo, self.xhi = lo, hi
 
     def y(self, v):
-        return self.y0 - (v - self.ylo) / (self.yhi - self.ylo) * (self.y0 - self.y1)
+        bottom, top = self.y0 - self.inset, self.y1 + self.inset
+        return bottom - (v - self.ylo) / (self.yhi - self.ylo) * (bottom - top)
 
     def x(self, v):
-        return self.x0 + (v - self.xlo) / (self.xhi - self.xlo) * (self.x1 - self.x0)
+        left, right = self.x0 + self.inset, self.x1 - self.inset
+        return left + (v - self.xlo) / (self.xhi - self.xlo) * (right - left)
 
     def add(self, part: str):
-        self.parts.append(part)
+        """Add a data mark (inside the plot box)."""
+        self.marks.append(part)
+
+    @staticmethod
+    def _line(x1, y1, x2, y2, color, width, dash) -> str:
+        d = f' stroke-dasharray="{dash}"' if dash else ""
+        return (f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}" '
+                f'stroke-width="{width}"{d}/>')
+
+    @staticmethod
+    def _text(x, y, s, anchor, size, color, rotate) -> str:
+        r = f' transform="rotate({rotate} {x:.1f} {y:.1f})"' if rotate else ""
+        return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" fill="{color}"{r}>'
+                f'{_e(s)}</text>')
 
     def line(self, x1, y1, x2, y2, color="#333", width=1, dash=None):
-        d = f' stroke-dasharray="{dash}"' if dash else ""
-        self.add(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}" '
-                 f'stroke-width="{width}"{d}/>')
+        self.marks.append(self._line(x1, y1, x2, y2, color, width, dash))
+
+    def axis_line(self, x1, y1, x2, y2, color="#333", width=1, dash=None):
+        self.axes.append(self._line(x1, y1, x2, y2, color, width, dash))
 
     def text(self, x, y, s, anchor="middle", size=11, color="#222", rotate=None):
-        r = f' transform="rotate({rotate} {x:.1f} {y:.1f})"' if rotate else ""
-        self.add(f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}" fill="{color}"{r}>'
-                 f'{_e(s)}</text>')
+        self.marks.append(self._text(x, y, s, anchor, size, color, rotate))
+
+    def axis_text(self, x, y, s, anchor="middle", size=11, color="#222", rotate=None):
+        self.axes.append(self._text(x, y, s, anchor, size, color, rotate))
+
+    def circle(self, cx, cy, r, color, opacity=None, title=None):
+        o = f' fill-opacity="{opacity}"' if opacity is not None else ""
+        t = f"><title>{_e(title)}</title></circle>" if title else "/>"
+        self.marks.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{r:.1f}" fill="{color}"{o}{t}')
+
+    def v_interval(self, cx, lo, hi, color, width=2, cap=8):
+        """A vertical interval [lo, hi] at cx, clipped to the y range.
+
+        An end inside the range gets a cap; an end cut off gets an arrowhead at the box's edge (it goes on)."""
+        top, bottom = min(max(hi, self.ylo), self.yhi), min(max(lo, self.ylo), self.yhi)
+        self.line(cx, self.y(top), cx, self.y(bottom), color=color, width=width)
+        for value, shown, edge, sign in ((hi, top, self.y1, -1), (lo, bottom, self.y0, 1)):
+            y = self.y(shown)
+            if value == shown:
+                if cap:
+                    self.line(cx - cap, y, cx + cap, y, color=color, width=width)
+                continue
+            self.clipped += 1  # an arrowhead from the end of the axis range to the box's edge: it goes on
+            tip = edge - sign * 1
+            self.line(cx, y, cx, tip, color=color, width=width)
+            base = tip - sign * 7
+            side = "high" if sign < 0 else "low"
+            self.marks.append(f'<polygon data-clipped="{side}" points="{cx - 4:.1f},{base:.1f} '
+                              f'{cx + 4:.1f},{base:.1f} {cx:.1f},{tip:.1f}" fill="{color}"/>')
+
+    def slot_label(self, cx, y, label, slot):
+        """An arm's label under its slot, cut to the slot's width (the whole label in its tooltip)."""
+        fits = max(4, int(slot / 6.2))
+        shown = label if len(label) <= fits else label[:fits - 1] + "…"
+        self.axes.append(f'<text x="{cx:.1f}" y="{y:.1f}" text-anchor="middle" font-size="11" fill="#222">'
+                         f'<title>{_e(label)}</title>{_e(shown)}</text>')
 
     def y_axis(self, ticks, label, digits=1):
-        self.line(self.x0, self.y0, self.x0, self.y1)
+        self.axis_line(self.x0, self.y0, self.x0, self.y1)
         for t in ticks:
             y = self.y(t)
-            self.line(self.x0 - 4, y, self.x0, y)
-            self.line(self.x0, y, self.x1, y, color="#e3e3e3")
-            self.text(self.x0 - 6, y + 4, f"{t:.{digits}f}", anchor="end", size=10)
-        self.text(14, (self.y0 + self.y1) / 2, label, rotate=-90)
+            self.axis_line(self.x0 - 4, y, self.x0, y)
+            self.axis_line(self.x0, y, self.x1, y, color="#e3e3e3")
+            self.axis_text(self.x0 - 6, y + 4, f"{t:.{digits}f}", anchor="end", size=10)
+        self.axis_text(14, (self.y0 + self.y1) / 2, label, rotate=-90)
 
     def x_axis(self, ticks, label, digits=1):
-        self.line(self.x0, self.y0, self.x1, self.y0)
+        self.axis_line(self.x0, self.y0, self.x1, self.y0)
         for t in ticks:
             x = self.x(t)
-            self.line(x, self.y0, x, self.y0 + 4)
-            self.text(x, self.y0 + 16, f"{t:.{digits}f}", size=10)
-        self.text((self.x0 + self.x1) / 2, self.h - 8, label)
+            self.axis_line(x, self.y0, x, self.y0 + 4)
+            self.axis_text(x, self.y0 + 16, f"{t:.{digits}f}", size=10)
+        self.axis_text((self.x0 + self.x1) / 2, self.h - 8, label)
 
     def render(self) -> str:
+        box = f"{self.x0:.1f} {self.y1:.1f} {self.x1:.1f} {self.y0:.1f}"
         return (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{self.w}" height="{self.h}" '
                 f'viewBox="0 0 {self.w} {self.h}" font-family="sans-serif"><title>{_e(self.title)}</title>'
-                + "".join(self.parts) + "</svg>")
+                f'<g data-role="axes">{"".join(self.axes)}</g>'
+                f'<g data-role="marks" data-box="{box}" data-clipped="{self.clipped}">{"".join(self.marks)}</g></svg>')
 
 
 def _ticks(lo, hi, n=5):
@@ -303,7 +363,7 @@ def gain_strip_svg(measures, arms: list[str]) -> str:
     import numpy as np
 
     svg = _Svg(max(320, 130 * len(arms) + 80), 300, "Gain (post − pre) per participant")
-    svg.set_y(-1.0, 1.0)
+    svg.set_y(-1.0, 1.0)  # a gain is a difference of two scores in [0, 1]: every one lies in [−1, 1]
     svg.y_axis(_ticks(-1.0, 1.0, 5), "gain")
     svg.line(svg.x0, svg.y(0), svg.x1, svg.y(0), color="#999", dash="4 3")
     slot = (svg.x1 - svg.x0) / max(1, len(arms))
@@ -312,7 +372,8 @@ def gain_strip_svg(measures, arms: list[str]) -> str:
         color = PALETTE[i % len(PALETTE)]
         cx = svg.x0 + slot * (i + 0.5)
         v = measures.loc[measures["arm"] == arm, "gain"].dropna().to_numpy(dtype=float)
-        svg.text(cx, svg.y0 + 16, f"{arm} (n = {len(v)})")
+        v = np.clip(v, -1.0, 1.0)
+        svg.slot_label(cx, svg.y0 + 16, f"{arm} (n = {len(v)})" if len(v) else f"{arm}: no data", slot)
         if len(v) == 0:
             continue
         q1, med, q3 = np.percentile(v, [25, 50, 75])
@@ -330,7 +391,7 @@ def gain_strip_svg(measures, arms: list[str]) -> str:
         svg.line(cx - half, svg.y(med), cx + half, svg.y(med), color=color, width=2)
         jitter = rng.uniform(-half * 0.9, half * 0.9, size=len(v))
         for value, dx in zip(v, jitter):
-            svg.add(f'<circle cx="{cx + dx:.1f}" cy="{svg.y(value):.1f}" r="3" fill="{color}" fill-opacity="0.65"/>')
+            svg.circle(cx + dx, svg.y(value), 3, color, opacity=0.65)
     return svg.render()
 
 
@@ -351,11 +412,19 @@ def mean_ci(values, alpha=0.05) -> tuple[int, float, float, float]:
 
 
 def mean_gain_svg(measures, arms: list[str]) -> str:
-    """Mean gain per arm with its 95 % t-interval."""
+    """Mean gain per arm with its 95 % t-interval.
+
+    The axis spans 0, every mean and every interval end, padded and rounded to nice ticks, but never more
+    than [−1, 1], the range a mean gain can take: an interval reaching past it (a t-interval of few
+    participants often does) is cut at the axis and ends in an arrowhead.
+    """
     stats = {arm: mean_ci(measures.loc[measures["arm"] == arm, "gain"]) for arm in arms}
-    lo, hi = _range([0.0] + [x for s in stats.values() for x in s[1:]], pad=0.1, floor=-1.0, ceil=1.0)
+    ends = [x for s in stats.values() for x in s[1:]]
+    lo, hi = _range([0.0] + ends, pad=0.1, floor=-1.0, ceil=1.0)
     lo, hi, ticks, digits = _nice(lo, hi)
-    svg = _Svg(max(320, 130 * len(arms) + 80), 300, "Mean gain with 95 % interval")
+    lo, hi = max(lo, -1.0), min(hi, 1.0)
+    ticks = [t for t in ticks if lo - 1e-9 <= t <= hi + 1e-9]
+    svg = _Svg(max(320, 130 * len(arms) + 80), 300, "Mean gain with 95 % interval", inset=10)
     svg.set_y(lo, hi)
     svg.y_axis(ticks, "mean gain", digits=digits)
     svg.line(svg.x0, svg.y(0), svg.x1, svg.y(0), color="#999", dash="4 3")
@@ -364,21 +433,25 @@ def mean_gain_svg(measures, arms: list[str]) -> str:
         color = PALETTE[i % len(PALETTE)]
         cx = svg.x0 + slot * (i + 0.5)
         n, m, cl, ch = stats[arm]
-        svg.text(cx, svg.y0 + 16, f"{arm} (n = {n})")
+        svg.slot_label(cx, svg.y0 + 16, f"{arm} (n = {n})" if n else f"{arm}: no data", slot)
         if n == 0:
             continue
         if not _nan(cl):
-            svg.line(cx, svg.y(ch), cx, svg.y(cl), color=color, width=2)
-            svg.line(cx - 8, svg.y(ch), cx + 8, svg.y(ch), color=color, width=2)
-            svg.line(cx - 8, svg.y(cl), cx + 8, svg.y(cl), color=color, width=2)
-        svg.add(f'<circle cx="{cx:.1f}" cy="{svg.y(m):.1f}" r="5" fill="{color}"/>')
+            svg.v_interval(cx, cl, ch, color)
+        svg.circle(cx, svg.y(m), 5, color)
         svg.text(cx + 12, svg.y(m) + 4, f"{m:.3f}", anchor="start", size=10)
     return svg.render()
 
 
 def calibration_table(responses, measures, arms: list[str], bins: int = 10):
-    """Post-test predict items with a confidence, pooled per arm and confidence bin: n, mean confidence, accuracy."""
+    """Post-test predict items with a confidence, pooled per arm and confidence bin.
+
+    Each row: arm, bin, n answers, mean confidence (0–1), accuracy (the share right) and its Wilson 95 %
+    score interval (`stats.wilson_interval`, answers counted as independent).
+    """
     import numpy as np
+
+    from .stats import wilson_interval
 
     resp = responses[responses["pseudonym"].isin(measures["pseudonym"])]
     resp = resp[(resp["phase"] == "post_test") & (resp["item_kind"].astype(str) == "predict")]
@@ -393,17 +466,34 @@ def calibration_table(responses, measures, arms: list[str], bins: int = 10):
         b = np.clip(np.floor(c * bins / 100.0), 0, bins - 1).astype(int)
         for k in sorted(set(b.tolist())):
             m = b == k
+            low, high = wilson_interval(float(yy[m].sum()), int(m.sum()))
             rows.append({"arm": a, "bin": k, "n": int(m.sum()), "confidence": float(c[m].mean() / 100.0),
-                         "accuracy": float(yy[m].mean())})
+                         "accuracy": float(yy[m].mean()), "ci_low": low, "ci_high": high})
     return rows
 
 
 def calibration_svg(rows, arms: list[str]) -> str:
-    svg = _Svg(380, 340, "Calibration: confidence vs accuracy (post-test predict items)", bottom=50)
+    """Accuracy against mean confidence per bin, with the Wilson interval of each bin's accuracy."""
+    width = 380
+    # the legend sits above the plot box (inside it, it would hide the points of a corner), wrapped in rows
+    legend, x, line = [], 16.0, 0
+    for i, arm in enumerate(arms):
+        name = arm if len(arm) <= 28 else arm[:27] + "…"
+        step = 22 + len(name) * 6.2
+        if x + step > width - 8 and x > 16:
+            x, line = 16.0, line + 1
+        legend.append((x, line, name, PALETTE[i % len(PALETTE)]))
+        x += step
+    top = 30 + 14 * (line + 1) + 4 if arms else 30
+    svg = _Svg(width, 310 + top, "Calibration (post-test predict items)", top=top, bottom=50, inset=10)
     svg.set_x(0, 1)
     svg.set_y(0, 1)
     svg.y_axis(_ticks(0, 1, 6), "accuracy")
     svg.x_axis(_ticks(0, 1, 6), "mean confidence in bin")
+    for x, line, name, color in legend:
+        y = 34 + 14 * line
+        svg.axes.append(f'<circle cx="{x + 4:.1f}" cy="{y - 4:.1f}" r="4" fill="{color}"/>')
+        svg.axis_text(x + 12, y, name, anchor="start", size=10)
     svg.line(svg.x(0), svg.y(0), svg.x(1), svg.y(1), color="#999", dash="4 3")
     if not rows:
         svg.text((svg.x0 + svg.x1) / 2, (svg.y0 + svg.y1) / 2, "no rated predict items")
@@ -415,15 +505,20 @@ def calibration_svg(rows, arms: list[str]) -> str:
         points = " ".join(f"{svg.x(r['confidence']):.1f},{svg.y(r['accuracy']):.1f}" for r in mine)
         svg.add(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.5"/>')
         for r in mine:
+            if not _nan(r.get("ci_low")):
+                svg.v_interval(svg.x(r["confidence"]), r["ci_low"], r["ci_high"], color, width=1, cap=3)
             radius = 2.5 + min(6.0, math.sqrt(r["n"]))
-            svg.add(f'<circle cx="{svg.x(r["confidence"]):.1f}" cy="{svg.y(r["accuracy"]):.1f}" r="{radius:.1f}" '
-                    f'fill="{color}" fill-opacity="0.6"><title>{_e(arm)}: n = {r["n"]}</title></circle>')
-    for i, arm in enumerate(arms):  # legend
-        color = PALETTE[i % len(PALETTE)]
-        y = svg.y1 + 10 + 14 * i
-        svg.add(f'<circle cx="{svg.x0 + 12:.1f}" cy="{y:.1f}" r="4" fill="{color}"/>')
-        svg.text(svg.x0 + 20, y + 4, arm, anchor="start", size=10)
+            svg.circle(svg.x(r["confidence"]), svg.y(r["accuracy"]), radius, color, opacity=0.6,
+                       title=f"{arm}: {r['n']} answer{'s' if r['n'] != 1 else ''}")
     return svg.render()
+
+
+def _not_consented(flow: dict) -> str:
+    declined, left = flow["declined"], flow["no_decision"]
+    if not declined and not left:
+        return "nobody"
+    return ", ".join(part for part in (f"{declined} declined" if declined else "",
+                                       f"{left} left undecided" if left else "") if part)
 
 
 def flow_svg(flow: dict, arms: list[str]) -> str:
@@ -438,8 +533,9 @@ def flow_svg(flow: dict, arms: list[str]) -> str:
         parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{box_w}" height="{box_h}" rx="4" fill="{fill}" '
                      f'stroke="#556"/>')
         for k, line in enumerate(lines):
+            shown = line if len(line) <= 25 else line[:24] + "…"  # 25 characters fill a box at 11 px
             parts.append(f'<text x="{x + box_w / 2:.1f}" y="{y + 16 + 14 * k:.1f}" text-anchor="middle" '
-                         f'font-size="11">{_e(line)}</text>')
+                         f'font-size="11">{_e(shown)}</text>')
 
     def arrow(x1, y1, x2, y2):
         parts.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="#556" '
@@ -455,8 +551,7 @@ def flow_svg(flow: dict, arms: list[str]) -> str:
         mid = y + box_h + gap / 2
         parts.append(f'<line x1="{cx + box_w / 2:.1f}" y1="{mid:.1f}" x2="{side:.1f}" y2="{mid:.1f}" '
                      f'stroke="#556" stroke-width="1.2"/>')
-        box(side, mid - box_h / 2, ["Declined / no consent",
-                                          f"n = {flow['declined']} / {flow['no_decision']}"], fill="#fff")
+        box(side, mid - box_h / 2, ["Did not consent", _not_consented(flow)], fill="#fff")
     arrow(cx + box_w / 2, y + box_h, cx + box_w / 2, y + box_h + gap)
     y += box_h + gap
     box(cx, y, ["Consented", f"n = {flow['consented']}"])
@@ -473,7 +568,7 @@ def flow_svg(flow: dict, arms: list[str]) -> str:
         counts = flow["arms"][arm]
         for j, (key, label) in enumerate(rows):
             text = [f"{arm}: allocated" if key == "allocated" else label, f"n = {counts[key]}"]
-            if key == "completed":
+            if key == "completed" and counts["withdrawn"]:
                 text[1] += f" (withdrawn {counts['withdrawn']})"
             box(x, yy, text, fill="#eef4fb" if key == "allocated" else "#f5f7fa")
             if j < len(rows) - 1:
@@ -708,8 +803,39 @@ def fidelity(measures, responses, predictions, learner_models, participants, arm
 # --- measures table ----------------------------------------------------------------------------
 
 
-def measure_rows(measures, arms) -> list[dict]:
+#: Measures whose every value lies in [0, 1]: their interval is Wilson's (`stats.wilson_mean_interval`), not t.
+BOUNDED_MEASURES = ("pre", "post", "forward_sim_accuracy", "brier", "ece")
+
+
+def answer_counts(responses, measures) -> dict[tuple[str, str], int]:
+    """Per (arm, measure): the answers behind the mean of pre, post, forward_sim_accuracy and brier.
+
+    The cap of the effective sample size in `stats.wilson_mean_interval`: an arm's mean score cannot hold
+    more information than its answers counted as independent.
+    """
+    from . import measures as M
+
+    arm_of = measures.set_index("pseudonym")["arm"]
+    resp = M._with_outcome(responses[responses["pseudonym"].isin(measures["pseudonym"])])
+    resp = resp.assign(arm=resp["pseudonym"].map(arm_of))
+    predict = resp[(resp["phase"] == M.POST) & (resp["item_kind"].astype(str) == M.PREDICT) & resp["y"].notna()]
+    parts = {
+        "pre": resp[(resp["phase"] == M.PRE) & resp["score"].notna()],
+        "post": resp[(resp["phase"] == M.POST) & resp["score"].notna()],
+        "forward_sim_accuracy": predict,
+        "brier": predict[predict["confidence"].notna()],
+    }
+    return {(arm, measure): int(n) for measure, part in parts.items() for arm, n in part.groupby("arm").size().items()}
+
+
+def measure_rows(measures, arms, answers: dict | None = None) -> list[dict]:
+    """Per measure and arm: n, mean, 95 % interval, SD, median.
+
+    The interval of a measure in [0, 1] (`BOUNDED_MEASURES`) is Wilson's score interval of the mean with its
+    effective sample size, capped by `answers` (see `answer_counts`); the others get the t-interval.
+    """
     from .measures import MEASURES, arm_summary
+    from .stats import wilson_mean_interval
 
     summary = arm_summary(measures) if len(measures) else None
     rows = []
@@ -718,10 +844,14 @@ def measure_rows(measures, arms) -> list[dict]:
             continue  # in the learner-model section
         label, unit = MEASURE_LABELS.get(measure, (measure, ""))
         digits = {"time_on_task_s": 1, "tokens": 0, "turns": 2, "cost_usd": 4}.get(measure, 3)
+        wilson = measure in BOUNDED_MEASURES
         cells = []
         for arm in arms:
             values = measures.loc[measures["arm"] == arm, measure]
-            n, m, lo, hi = mean_ci(values)
+            if wilson:
+                n, m, lo, hi = wilson_mean_interval(values.clip(0.0, 1.0), max_n=(answers or {}).get((arm, measure)))
+            else:
+                n, m, lo, hi = mean_ci(values)
             s = None
             if summary is not None:
                 hit = summary[(summary["arm"] == arm) & (summary["measure"] == measure)]
@@ -730,10 +860,50 @@ def measure_rows(measures, arms) -> list[dict]:
                 "arm": arm, "n": n, "mean": fmt(m, digits) if n else "—",
                 "sd": fmt(s["sd"], digits) if s is not None else "—",
                 "median": fmt(s["median"], digits) if s is not None else "—",
-                "ci": _ci(lo, hi, max(digits, 1)),
+                "ci": _ci(lo, hi, max(digits, 1)), "ci_low": lo, "ci_high": hi,
             })
-        rows.append({"measure": measure, "label": label, "unit": unit, "cells": cells})
+        rows.append({"measure": measure, "label": label, "unit": unit, "cells": cells,
+                     "interval": "Wilson" if wilson else "t"})
     return rows
+
+
+# --- completion (attrition) per arm --------------------------------------------------------------
+
+
+def completion(flow: dict, arms: list[str]) -> dict:
+    """Completion rate per arm (completed / allocated) with Wilson's interval, and each pair's difference
+    with Newcombe's hybrid score interval (differential attrition)."""
+    from .stats import newcombe_interval, wilson_interval
+
+    rows = []
+    for arm in arms:
+        done, allocated = flow["arms"][arm]["completed"], flow["arms"][arm]["allocated"]
+        low, high = wilson_interval(done, allocated)
+        rows.append({"arm": arm, "completed": done, "allocated": allocated,
+                     "rate": fmt(done / allocated) if allocated else "—", "ci": _ci(low, high),
+                     "ci_low": low, "ci_high": high, "sentence": _completed_sentence(done, allocated)})
+    pairs = []
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            ra, rb = flow["arms"][a], flow["arms"][b]
+            if not ra["allocated"] or not rb["allocated"]:
+                continue
+            low, high = newcombe_interval(ra["completed"], ra["allocated"], rb["completed"], rb["allocated"])
+            diff = ra["completed"] / ra["allocated"] - rb["completed"] / rb["allocated"]
+            pairs.append({"pair": f"{a} − {b}", "diff": fmt(diff), "ci": _ci(low, high),
+                          "ci_low": low, "ci_high": high})
+    return {"rows": rows, "pairs": pairs}
+
+
+def _completed_sentence(done: int, allocated: int) -> str:
+    """"3 of 4 completed", with its own words for the empty and the whole count (never "0 of 0")."""
+    if not allocated:
+        return "nobody allocated yet"
+    if done == allocated:
+        return f"all {allocated} completed" if allocated > 1 else "the one participant completed"
+    if not done:
+        return f"none of the {allocated} completed" if allocated > 1 else "the one participant has not completed"
+    return f"{done} of {allocated} completed"
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -769,6 +939,7 @@ def report_context(*, slug: str, include_simulated: bool = False, include_pilot:
     measures = M.participant_measures(participants, data.responses, data.turns, data.llm_calls,
                                       data.predictions, include_simulated=include_simulated)
     calib = calibration_table(data.responses, measures, arms)
+    answers = answer_counts(data.responses, measures)
     stats_section = statistics(measures, data.responses, participants, arms)
     lm = fidelity(measures, data.responses, data.predictions, data.learner_models, participants, arms)
 
@@ -794,10 +965,12 @@ def report_context(*, slug: str, include_simulated: bool = False, include_pilot:
         "flow_svg": flow_svg(flow, arms) if arms else "",
         "n_analysable": int(len(measures)),
         "analysable": {a: int((measures["arm"] == a).sum()) for a in arms},
-        "measure_rows": measure_rows(measures, arms),
+        "measure_rows": measure_rows(measures, arms, answers),
+        "completion": completion(flow, arms),
         "gain_svg": gain_strip_svg(measures, arms) if arms else "",
         "mean_svg": mean_gain_svg(measures, arms) if arms else "",
-        "calibration": [dict(r, confidence=fmt(r["confidence"]), accuracy=fmt(r["accuracy"])) for r in calib],
+        "calibration": [dict(r, confidence=fmt(r["confidence"]), accuracy=fmt(r["accuracy"]),
+                             ci=_ci(r["ci_low"], r["ci_high"])) for r in calib],
         "calibration_svg": calibration_svg(calib, arms),
         "stats": stats_section,
         "lm": lm,

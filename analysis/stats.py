@@ -510,3 +510,90 @@ def power_next_study(
         "effect_size": effect_size, "pre_post_r": pre_post_r, "alpha": alpha, "alpha_per_comparison": level,
         "power": power, "k_arms": k_arms, "comparisons": comparisons,
     }
+
+
+# --- intervals of proportions ----------------------------------------------------------------------
+
+def wilson_interval(successes: float, n: float, alpha: float = 0.05) -> tuple[float, float]:
+    """Return Wilson's score interval (Wilson 1927) for a proportion of `successes` out of `n`.
+
+    With p = x/n and z = Φ⁻¹(1 − α/2):
+
+        centre = (p + z²/(2n)) / (1 + z²/n)
+        half   = z / (1 + z²/n) · √(p(1 − p)/n + z²/(4n²))
+
+    and the interval is [centre − half, centre + half]. It lies inside [0, 1] by construction (the
+    ends are set to exactly 0 at x = 0 and 1 at x = n, where rounding could stray by 1e-17), is
+    never empty, and keeps close to its nominal coverage for small n and p near 0 or 1, where the
+    Wald interval p ± z·√(p(1 − p)/n) leaves [0, 1] or collapses to a point. Example: 0 of 10 gives
+    [0, 0.2775]. `successes` may be fractional (a sum of scores). (NaN, NaN) for n = 0.
+    """
+    if not n or n <= 0 or math.isnan(float(n)) or math.isnan(float(successes)):
+        return float("nan"), float("nan")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes ({successes}) must lie between 0 and n ({n})")
+    z = float(sps.norm.ppf(1 - alpha / 2))
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+def newcombe_interval(x1: float, n1: float, x2: float, n2: float, alpha: float = 0.05) -> tuple[float, float]:
+    """Return Newcombe's hybrid score interval (1998, method 10) for the difference p1 − p2.
+
+    With d = x1/n1 − x2/n2 and (l_i, u_i) the Wilson intervals of the two proportions:
+
+        lower = d − √((p1 − l1)² + (u2 − p2)²)
+        upper = d + √((u1 − p1)² + (p2 − l2)²)
+
+    for independent samples. It stays inside [−1, 1] and keeps its coverage where the Wald interval
+    of a difference does not (Newcombe's example: 56/70 − 48/80 = 0.2, [0.0524, 0.3339]).
+    (NaN, NaN) when either n is 0.
+    """
+    l1, u1 = wilson_interval(x1, n1, alpha)
+    l2, u2 = wilson_interval(x2, n2, alpha)
+    if math.isnan(l1) or math.isnan(l2):
+        return float("nan"), float("nan")
+    p1, p2 = x1 / n1, x2 / n2
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return max(-1.0, low), min(1.0, high)
+
+
+def wilson_mean_interval(values, alpha: float = 0.05, max_n: float | None = None) -> tuple[int, float, float, float]:
+    """Return n, the mean and a Wilson score interval for the mean of values in [0, 1] (scores, rates).
+
+    A participant's score is a proportion of items, so an arm's mean score is a proportion too, but
+    not of n independent answers: answers are nested in participants. The interval is Wilson's for
+    the mean p = x̄ with the effective sample size of the mean (Kish's; Korn & Graubard 1998 use it
+    the same way with Clopper–Pearson):
+
+        n_eff = p(1 − p) / (s²/n),   s² the sample variance (ddof = 1),
+
+    i.e. the n of independent 0/1 answers whose binomial variance equals the mean's observed variance
+    s²/n. By the Bhatia–Davis inequality a variable in [0, 1] has variance at most p(1 − p), so n_eff
+    is at least about n, and n_eff is raised to n: for 0/1 values this is exactly Wilson's interval
+    of x out of n. n_eff is capped at `max_n` (the number of answers behind the scores, when known;
+    else n), which is also used when s² = 0 (everyone scored the same, including all 0 or all 1).
+    The interval stays in [0, 1]; values outside [0, 1] raise ValueError. NaNs are dropped; for n = 0
+    the mean and bounds are NaN (one value has no variance: n_eff = `max_n`, or 1).
+    """
+    v = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce").to_numpy(dtype=float)
+    v = v[~np.isnan(v)]
+    n = int(v.size)
+    if n == 0:
+        return 0, float("nan"), float("nan"), float("nan")
+    if (v < 0).any() or (v > 1).any():
+        raise ValueError("values must lie in [0, 1]")
+    p = float(v.mean())
+    cap = float(max_n) if max_n else float(n)
+    cap = max(cap, float(n))
+    var = float(v.var(ddof=1)) if n > 1 else 0.0
+    n_eff = cap if var <= 0 else min(max(p * (1 - p) / (var / n), float(n)), cap)
+    low, high = wilson_interval(p * n_eff, n_eff, alpha)
+    return n, p, low, high

@@ -294,11 +294,11 @@ class ExportStartIn(serializers.Serializer):
     include_pilot = serializers.BooleanField(default=False)
 
     def validate_tables(self, value):
-        from analysis.codebook import TABLES
+        from analysis.codebook import TABLE_NAMES
 
-        unknown = sorted(set(value) - set(TABLES))
+        unknown = sorted(set(value) - set(TABLE_NAMES))
         if unknown:
-            raise serializers.ValidationError(f"unknown tables: {', '.join(unknown)}; known: {', '.join(TABLES)}")
+            raise serializers.ValidationError(f"unknown tables: {', '.join(unknown)}; known: {', '.join(TABLE_NAMES)}")
         return value
 
 

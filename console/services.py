@@ -84,11 +84,11 @@ def export_job_start(*, user, study, fmt: str, tables: list[str] | None = None, 
     `tables`: the tables to put in the zip (None: all); the codebook and the manifest always go in.
     The start is audited ("export"); the worker picks the job up once this transaction commits.
     """
-    from analysis.codebook import TABLES
+    from analysis.codebook import TABLE_NAMES
 
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
-    unknown = sorted(set(tables or ()) - set(TABLES))
+    unknown = sorted(set(tables or ()) - set(TABLE_NAMES))
     if unknown:
         raise ValueError(f"unknown tables: {', '.join(unknown)}")
     options = {"format": fmt, "tables": sorted(tables) if tables else None,

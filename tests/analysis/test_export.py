@@ -17,7 +17,7 @@ from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from analysis.codebook import TABLES
+from analysis.codebook import TABLE_NAMES, TABLES, WIDE
 from analysis.export import study_export
 from conftest import chat_only, static_only
 from explainers import services as explainer_services
@@ -160,7 +160,8 @@ def test_every_table_reads_back_tidy_with_version_hash_on_every_row(world, tmp_p
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["format"] == fmt and manifest["study"] == world["slug"]
     assert [v["sha256"] for v in manifest["versions"]] == [world["static"].sha256, world["chat"].sha256]
-    assert manifest["row_counts"] == {table: len(frame) for table, frame in frames.items()}
+    # the long tables, and the wide table with one row per participant (tests/analysis/test_export_wide.py)
+    assert manifest["row_counts"] == {**{table: len(frame) for table, frame in frames.items()}, WIDE: len(participants)}
 
 
 def test_parquet_keeps_types(world, tmp_path):
@@ -241,7 +242,7 @@ def test_the_codebook_covers_every_written_column_and_nothing_else(world, tmp_pa
         folder = _export(world, tmp_path, fmt)
         codebook = json.loads((folder / "codebook.json").read_text())
         written = {p.stem for p in folder.glob(f"*.{fmt}")}
-        assert written == set(codebook["tables"]) == set(TABLES)
+        assert written == set(codebook["tables"]) == set(TABLE_NAMES) == set(TABLES) | {WIDE}
         for table in written:
             columns = list(_read(folder, table, fmt).columns)
             assert columns == [c["name"] for c in codebook["tables"][table]["columns"]], (fmt, table)

@@ -1,9 +1,11 @@
 """How the chat looks to the participant: the reply's HTML, the limits, the end-of-chat messages."""
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
+from explainers.learner.play import option_letters
 from explainers.models import Turn
 from explainers.selectors import conversation_usage
+from studies.protocol import Protocol
 from studies.spec import model_links_allowed
 
 from .markdown import render_markdown
@@ -15,6 +17,63 @@ def limit_message(reason: str) -> str:
         "minutes": _("The time for this conversation is over. Please continue."),
         "tokens": _("This conversation has reached its length limit. Please continue."),
     }.get(reason, _("This conversation has ended. Please continue."))
+
+
+def page_texts(protocol: Protocol, arm: dict, language: str) -> dict:
+    """The chat page's heading, instructions and the message box's placeholder for this arm: the study file's
+    `arms[].page` where it gives them, else what fits the arm's kind (an explainer that leads says so)."""
+    with translation.override(language):
+        texts = _page_texts_by_kind(arm)
+    for name, value in (arm.get("page") or {}).items():
+        if value:
+            texts[name] = protocol.text(value, language)
+    return texts
+
+
+def _page_texts_by_kind(arm: dict) -> dict:
+    kind = arm["kind"]
+    if kind == "agentic" and (arm.get("options") or {}).get("proactive", True):
+        texts = {
+            "heading": _("Learn how the model decides"),
+            "instructions": _("The explainer will lead: it explains the model step by step and asks you short "
+                              "questions to check your understanding. Answer them, and ask your own questions at "
+                              "any time. When you feel you understand the model, continue."),
+            "placeholder": _("Your answer or your question"),
+        }
+    elif kind == "tutor":
+        texts = {
+            "heading": _("Learn how the model decides, step by step"),
+            "instructions": _("The tutor takes you through the model one idea at a time and asks short questions. "
+                              "Pick an answer with its button (or type its letter), press “Go on” when you are "
+                              "ready for the next idea, or type a question. When you feel you understand the "
+                              "model, continue."),
+            "placeholder": _("Your answer or your question"),
+        }
+    else:
+        texts = {
+            "heading": _("Ask about the model"),
+            "instructions": _("Ask the assistant anything about how the model decides. When you feel you "
+                              "understand it, continue."),
+            "placeholder": _("Your question"),
+        }
+    return texts
+
+
+def choices_of(conversation, turn) -> list[dict]:
+    """The buttons under the explainer's latest turn: one per option of the check question it asks (the button
+    sends the option's letter, as the question says to answer), or "Go on" after a teaching move of an arm that
+    leads with buttons (the tutor). [{"send", "label"}]."""
+    if turn is None or turn.author != Turn.Author.EXPLAINER or turn.status != Turn.Status.COMPLETE:
+        return []
+    protocol = Protocol(conversation.version.spec)
+    if turn.check_item and turn.check_item in protocol.items and protocol.items[turn.check_item].get("options"):
+        item = protocol.items[turn.check_item]
+        return [{"send": letter, "label": f"{letter}: {protocol.text(option['text'], conversation.language)}"}
+                for letter, option in option_letters(item)]
+    arm = protocol.arms[conversation.arm]
+    if arm["kind"] == "tutor" and turn.act and turn.act != "summary":
+        return [{"send": _("ok"), "label": _("Go on")}]
+    return []
 
 
 def usage_view(conversation) -> dict:

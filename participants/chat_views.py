@@ -18,7 +18,7 @@ from explainers.services import ArmUnavailable, LimitReached, TurnInFlight
 from explainers.streaming import stream_follow
 
 from . import services
-from .chat_display import failed_view, limit_message, model_links, reply_html, usage_view
+from .chat_display import choices_of, failed_view, limit_message, model_links, reply_html, usage_view
 from .models import Participant, Step
 from .selectors import participant_chat_turn, participant_get_by_token
 from .views import _session_key, participant_page
@@ -84,9 +84,11 @@ def _final_event_text(turn_id: int) -> str | None:
         return _event("failed", {"error": "gone"})
     links = model_links(turn.conversation)  # display.model_links of the study or arm
     if turn.author == Turn.Author.EXPLAINER and turn.status == Turn.Status.COMPLETE:  # an agentic arm's opening
-        return _event("done", {"html": reply_html(turn.text, links=links), "usage": usage_view(turn.conversation)})
+        return _event("done", {"html": reply_html(turn.text, links=links), "usage": usage_view(turn.conversation),
+                               "choices": choices_of(turn.conversation, turn)})
     if turn.status == Turn.Status.ANSWERED:
-        return _event("done", {"html": reply_html(turn.reply.text, links=links), "usage": usage_view(turn.conversation)})
+        return _event("done", {"html": reply_html(turn.reply.text, links=links), "usage": usage_view(turn.conversation),
+                               "choices": choices_of(turn.conversation, turn.reply)})
     if turn.status == Turn.Status.FAILED:
         return _event("failed", {**failed_view(turn, links=links), "usage": usage_view(turn.conversation)})
     return None

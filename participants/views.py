@@ -22,7 +22,7 @@ from studies.selectors import entry_link_verify, study_asset_get
 from studies.spec import model_links_allowed
 
 from . import services
-from .chat_display import model_links, reply_html, transcript_view, usage_view
+from .chat_display import choices_of, model_links, page_texts, reply_html, transcript_view, usage_view
 from .markdown import reading_minutes, render_markdown
 from .models import STEP_ORDER, Participant, Step
 from .selectors import completion_url, participant_current_item, participant_get_by_token
@@ -329,8 +329,12 @@ def _chat_context(participant: Participant) -> dict | None:
     except ArmUnavailable:
         return None
     slug = participant.study.slug
+    turns = conversation_transcript(conversation=conversation)
+    protocol = Protocol(participant.version.spec)
     return {
-        **transcript_view(conversation_transcript(conversation=conversation), links=model_links(conversation)),
+        **transcript_view(turns, links=model_links(conversation)),
+        "page": page_texts(protocol, protocol.arms[participant.arm], participant.language),
+        "choices": choices_of(conversation, turns[-1] if turns else None),
         "scripted": conversation.scripted,
         "usage": usage_view(conversation), "max_chars": settings.CHAT_MESSAGE_MAX_CHARS,
         "send_url": reverse("participants:chat_send", kwargs={"slug": slug}),

@@ -10,7 +10,7 @@ from django.utils.translation import gettext as _
 from studies.protocol import Protocol
 
 from ..learner import guess_rate, next_move, rule_step
-from ..learner.moves import ANSWER_AGAIN, RIGHT, move_text
+from ..learner.moves import ANSWER_AGAIN, NEXT_STEP, ONCE_MORE, RIGHT, concept_text, move_text
 from ..learner.play import TAUGHT_ACTS, check_graded, check_item_next, learner_model_from_pretest, state_of_play
 from ..learner.wrapup import meeting_note_by_template, predictions_by_rules
 from ..models import LearnerModelSnapshot, Turn
@@ -73,8 +73,12 @@ class TutorArm(Arm):
                 prefix = _(RIGHT) + " " if correct else ""
             else:
                 state = {**state, "why": "a message that answers no check; the tutor moves on"}
-                if "?" in turn.text or "？" in turn.text:
-                    prefix = _("I am a scripted tutor and cannot answer free questions, but here is what comes next.") + "\n\n"
+                if "?" in turn.text or "？" in turn.text:  # a question: the idea it is about once more, then on
+                    if question is not None and question.concept:
+                        label, description = concept_text(protocol, question.concept, lang)
+                        prefix = _(ONCE_MORE) % {"label": label, "description": description} + "\n\n"
+                    else:
+                        prefix = _(NEXT_STEP) + "\n\n"
         left, explained, _asked = state_of_play(protocol, conversation.turns.all())
         move = next_move(state, concept_order=concepts, checks_left=left, explained=explained, last_check=last_check)
         return say(protocol, conversation, move, prefix=prefix, graded=graded, snapshot=({**state, "next_goal": move}, RULES))

@@ -30,6 +30,8 @@ READY = gettext_noop("You can continue when you are ready.")
 GO_ON = gettext_noop("Send any message (for example “ok”) when you are ready to go on.")
 ANSWER_WITH_LETTER = gettext_noop("Answer with the letter of your choice.")
 RIGHT = gettext_noop("Right!")
+ONCE_MORE = gettext_noop("Good question. The idea behind it, once more: **%(label)s**: %(description)s")
+NEXT_STEP = gettext_noop("Good question. The next step may answer it.")
 ANSWER_AGAIN = gettext_noop("Please answer with one of the letters.")
 TEMPLATES = {"explain": EXPLAIN, "example": ANOTHER_WAY, "analogy": ANOTHER_WAY, "correction": CORRECTION}
 

@@ -2,6 +2,7 @@
 short meeting note. Pure; explainers.services stores them (and the agentic arm's model may replace them)."""
 from django.utils import translation
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from studies.protocol import Protocol
 
@@ -33,10 +34,18 @@ def meeting_note_by_template(protocol: Protocol, lang: str, state: dict | None, 
     grasped = [labels[c] for c, v in concepts.items() if v["mastery"] >= MASTERED]
     review = [labels[c] for c, v in concepts.items() if v["mastery"] < MASTERED]
     with translation.override(lang):
-        if checks:
-            note = _("We went through %(n)s check questions; you answered %(right)s correctly.") % {"n": checks, "right": right}
-        else:
+        if not checks:
             note = _("We did not get to any check questions.")
+        elif right == checks:
+            note = ngettext("We went through %(n)s check question, and you answered it correctly.",
+                            "We went through %(n)s check questions, and you answered all of them correctly.",
+                            checks) % {"n": checks}
+        elif right == 0:
+            note = ngettext("We went through %(n)s check question; it is worth another look.",
+                            "We went through %(n)s check questions; none was answered correctly yet.",
+                            checks) % {"n": checks}
+        else:
+            note = _("We went through %(n)s check questions; you answered %(right)s correctly.") % {"n": checks, "right": right}
         if grasped:
             note += " " + _("Seemed clear: %(list)s.") % {"list": ", ".join(grasped)}
         if review:

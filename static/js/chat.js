@@ -21,6 +21,7 @@
     var transcript = section.querySelector("[data-transcript]");
     var errorBox = section.querySelector("[data-chat-error]");
     var limits = section.querySelector("[data-limits]");
+    var choices = section.querySelector("[data-choices]");
     var msg = function (name) { return section.getAttribute("data-msg-" + name) || ""; };
     var url = function (name, turnId) {
       return section.getAttribute("data-" + name + "-url").replace(/\/0\/$/, "/" + turnId + "/");
@@ -46,7 +47,28 @@
       textarea.disabled = ended;
       button.disabled = ended || busy;
       section.querySelectorAll("[data-retry-mode]").forEach(function (b) { b.disabled = ended || busy; });
+      choices.querySelectorAll("button").forEach(function (b) { b.disabled = ended || busy; });
     }
+
+    // The buttons under the explainer's latest turn (a check question's options, or "Go on"): each sends its text.
+    function showChoices(list) {
+      choices.textContent = "";
+      (list || []).forEach(function (choice) {
+        var b = document.createElement("button");
+        b.type = "button";
+        b.textContent = choice.label;
+        b.setAttribute("data-send", choice.send);
+        choices.appendChild(b);
+      });
+      render();
+    }
+
+    choices.addEventListener("click", function (event) {
+      var b = event.target.closest("button[data-send]");
+      if (!b || b.disabled) { return; }
+      textarea.value = b.getAttribute("data-send");
+      form.requestSubmit();
+    });
 
     function applyUsage(usage) {
       if (!usage) { return; }
@@ -197,6 +219,7 @@
         if (li) { li.setAttribute("data-status", "answered"); }
         showError("");
         finish();
+        showChoices(data.choices);
         applyUsage(data.usage);
       });
       source.addEventListener("failed", function (e) {
@@ -238,6 +261,7 @@
       busy = true;
       render();
       post(form.action, new FormData(form)).then(function (data) {
+        showChoices([]);
         var li = item("participant", data.turn);
         li.textContent = text;
         textarea.value = "";

@@ -3,6 +3,7 @@ import pytest
 
 from explainers.learner import learner_model_validate
 from explainers.models import Conversation, LearnerModelSnapshot, PostTestPrediction, Turn
+from participants.chat_views import _final_event_text
 from participants.models import Participant, Step
 
 pytestmark = pytest.mark.django_db
@@ -96,3 +97,36 @@ def test_the_tutor_runs_with_no_language_model_configured(tutor_study, enter, st
     assert Participant.objects.get().arm == "tutor"
     _chat(client, tutor_study, "what matters most?")
     assert Turn.objects.filter(author=Turn.Author.EXPLAINER).count() == 2
+
+
+def test_the_tutor_page_says_what_it_does_and_offers_buttons_for_its_answers(tutor_study, enter, step_through):
+    client, _ = enter(tutor_study, pid=PID)
+    step_through(client, tutor_study, times=1 + 5, policy="accuracy:0")
+    page = client.get(f"/s/{tutor_study.study.slug}/explanation/").content.decode()
+    assert "one idea at a time" in page and "Ask the assistant anything" not in page
+    assert 'data-send="ok">Go on</button>' in page  # the opening explains: the button moves on
+    conversation = Conversation.objects.get()
+    for _ in range(10):  # go on until the tutor asks a check question
+        last = conversation.turns.filter(author=Turn.Author.EXPLAINER).order_by("-id").first()
+        if last.check_item:
+            break
+        _chat(client, tutor_study, "ok")
+    item = next(i for i in tutor_study.spec["items"] if i["id"] == last.check_item)
+    page = client.get(f"/s/{tutor_study.study.slug}/explanation/").content.decode()
+    buttons = [f'data-send="{o["id"].upper() if len(o["id"]) == 1 else chr(65 + n)}"' for n, o in enumerate(item["options"])]
+    assert all(b in page for b in buttons) and ">Go on</button>" not in page
+    turn = Turn.objects.get(pk=_chat(client, tutor_study, "A").json()["turn"])
+    done = _final_event_text(turn.pk)  # what the stream of an answered turn sends, at once
+    assert "event: done" in done and '"choices": [{"send"' in done  # the next turn's buttons come with it
+
+
+def test_a_free_question_to_the_tutor_gets_the_idea_again_never_a_refusal(tutor_study, enter, step_through):
+    client, _ = enter(tutor_study, pid=PID)
+    step_through(client, tutor_study, times=1 + 5, policy="accuracy:0")
+    client.get(f"/s/{tutor_study.study.slug}/explanation/")
+    opening = Conversation.objects.get().turns.get()
+    assert opening.act == "explain" and opening.concept
+    label = next(c["label"]["en"] for c in tutor_study.spec["concepts"] if c["id"] == opening.concept)
+    reply = Turn.objects.get(reply_to_id=_chat(client, tutor_study, "Why does that matter?").json()["turn"])
+    assert reply.text.startswith(f"Good question. The idea behind it, once more: **{label}**")
+    assert "cannot answer" not in reply.text and "scripted tutor" not in reply.text

@@ -95,16 +95,16 @@ async def _plain(send, status: int, body: bytes) -> None:
 
 # --- Django middleware -----------------------------------------------------------------------------------------
 
-def _wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith("/api/") or "application/json" in request.headers.get("Accept", "")
-
-
 def _page(request: HttpRequest, template: str, title: str, message: str, status: int, *, error: str,
           json_message: str = "") -> HttpResponse:
-    """A participant-style page rendered without the request (no session, no user, no database), or for a
-    script (the chat, the API) JSON `{"error": error, "message": ...}`."""
-    if _wants_json(request):
-        return JsonResponse({"error": error, "message": json_message or f"{title}. {message}"}, status=status)
+    """A participant-style page rendered without the request (no session, no user, no database); for the REST
+    API its error shape `{"detail": ..., "code": error}` (docs/api.md), for the chat page's script JSON
+    `{"error": error, "message": ...}`."""
+    text = json_message or f"{title}. {message}"
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": text, "code": error}, status=status)
+    if "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse({"error": error, "message": text}, status=status)
     html = render_to_string(f"participants/{template}", {
         "title": title, "message": message, "lang": translation.get_language(),
     })

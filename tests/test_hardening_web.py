@@ -437,7 +437,7 @@ def test_a_lost_database_gives_503_saying_temporarily_unavailable_and_answers_sa
                           **{"Accept-Language": "zh-hans"})
     assert status == 503 and '<html lang="zh-hans">' in page
     status, _, body = get("/api/studies/", Authorization="Bearer tb_x")
-    assert status == 503 and json.loads(body)["error"] == "unavailable"
+    assert status == 503 and json.loads(body)["code"] == "unavailable"  # the API's error shape
     assert "database unavailable" in server.log()
 
 

@@ -9,8 +9,21 @@ from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 
+TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
 def env_bool(name: str, default: bool = False) -> bool:
-    return os.environ.get(name, str(default)).strip().lower() in {"1", "true", "yes", "on"}
+    """A yes/no setting: 1/true/yes/on or 0/false/no/off (any case; unset or empty: `default`). Anything else
+    stops the start with the variable's name: a typo must not read as "off"."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value not in TRUE_WORDS | FALSE_WORDS:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a yes/no value: use 1, true, yes, on or 0, false, no, off")
+    return value in TRUE_WORDS
 
 
 BASE_DIR = Path(__file__).resolve().parent.parent

@@ -172,6 +172,22 @@ class ProviderError(Exception):
         }
 
 
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 8.0
+RETRY_AFTER_CAP_S = 120.0
+
+
+def backoff_s(failures: int, retry_after: float | None) -> float:
+    """The wait before the next attempt after `failures` failed ones: exponential with jitter (1, 2, 4, 8 s at
+    most, plus up to 0.5 s); a provider's Retry-After wins when it asks for longer (up to RETRY_AFTER_CAP_S)."""
+    import random
+
+    delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (failures - 1)) + random.uniform(0, 0.5)
+    if retry_after:
+        delay = max(delay, min(float(retry_after), RETRY_AFTER_CAP_S))
+    return delay
+
+
 def estimate_tokens(messages) -> int:
     """A rough, cautious token count for context-budget checks: ASCII text at 4 characters a token, every
     other character (Chinese, accents, symbols) a token of its own, plus a little per message."""

@@ -40,7 +40,7 @@ from .endpoints import llm_endpoint
 from .learner import SCHEMA_VERSION, learner_model_validate
 from .models import Conversation, LearnerModelSnapshot, LLMCall, PostTestPrediction, TranscriptScreening, Turn
 from .prompts import PROMPT_MARKERS, prompt_echo_at
-from .providers import LLMRequest, ProviderError, llm_call
+from .providers import LLMRequest, ProviderError, backoff_s, llm_call
 from .screening import RULES_VERSION, transcript_redact
 from .selectors import conversation_usage, latest_snapshot, written_turns, yoked_transcript_pick
 from .streaming import TurnStream, _sync_client, redis_key
@@ -48,9 +48,6 @@ from .streaming import TurnStream, _sync_client, redis_key
 logger = logging.getLogger(__name__)
 
 RETRY_MODES = ("again", "continue")
-BACKOFF_BASE_S = 1.0
-BACKOFF_CAP_S = 8.0
-RETRY_AFTER_CAP_S = 120.0
 
 # Worker threads hold a database connection only inside these slots, never across a provider call.
 _db_slots = threading.BoundedSemaphore(settings.WORKER_DB_SLOTS)
@@ -547,7 +544,7 @@ def _attempt_failed(turn, call, error: ProviderError, failures: int, llm, stream
     with _db():
         logger.warning("reply attempt failed: turn %s attempt %s %s", turn.pk, call.attempt, error.kind)
         if error.retryable and failures <= int(llm["max_retries"]):
-            delay = _backoff_s(failures, error.retry_after)
+            delay = backoff_s(failures, error.retry_after)
             due = timezone.now() + timedelta(seconds=delay)
             # touched when due: the sweeper does not take a turn waiting out its backoff for a lost one
             Turn.objects.filter(pk=turn.pk, status=Turn.Status.PENDING).update(not_before=due, enqueued_at=due)
@@ -563,14 +560,6 @@ def _fail(turn: Turn, kind: str, stream: TurnStream, shown: str = "") -> ReplyOu
     )
     stream.publish("failed", error=kind, cut_off=bool(shown))
     return ReplyOutcome("failed")
-
-
-def _backoff_s(failures: int, retry_after: float | None) -> float:
-    """Exponential backoff with jitter; a provider's Retry-After wins when it asks for longer."""
-    delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (failures - 1)) + random.uniform(0, 0.5)
-    if retry_after:
-        delay = max(delay, min(float(retry_after), RETRY_AFTER_CAP_S))
-    return delay
 
 
 def conversation_wrapup(*, conversation_id: int) -> ReplyOutcome:

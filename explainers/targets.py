@@ -10,7 +10,7 @@ import time
 from studies.spec import FROM_TARGET, SpecError, StudyFileInvalid
 
 from .endpoints import llm_endpoint
-from .providers import LLMRequest, ProviderError, llm_call
+from .providers import LLMRequest, ProviderError, backoff_s, llm_call
 
 ATTEMPTS = 3
 
@@ -25,13 +25,14 @@ def _answer_schema(item: dict) -> dict:
 
 
 def _ask(request: LLMRequest):
+    """Up to ATTEMPTS calls, waiting between them as a reply's attempts do (providers.backoff_s)."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return llm_call(request)
         except ProviderError as error:
             if not error.retryable or attempt == ATTEMPTS:
                 raise
-            time.sleep(min(8.0, error.retry_after or 2 ** (attempt - 1)))
+            time.sleep(backoff_s(attempt, error.retry_after))
 
 
 def llm_target_keys(spec: dict, assets: dict[str, bytes]) -> tuple[str, dict, dict]:

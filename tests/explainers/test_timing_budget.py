@@ -10,7 +10,7 @@ longer than any delivery, so that a healthy task is never handed to a second wor
 from django.conf import settings
 
 from config.celery import app
-from explainers import services
+from explainers import providers, services
 from explainers.tasks import DB_RETRY_S, conversation_wrapup_task, reply_generate_task
 from studies.spec import LLM_IDLE_DEFAULT_S, LLM_TIMEOUT_DEFAULT_S, LLM_TIMEOUT_MAX_S
 
@@ -53,7 +53,7 @@ def test_every_countdown_is_shorter_than_the_visibility_timeout():
     # a countdown (ETA) waits in the worker unacknowledged: one longer than the visibility timeout runs twice
     assert settings.REPLY_MAX_COUNTDOWN_S < visibility_timeout()
     assert DB_RETRY_S < visibility_timeout()
-    assert services.BACKOFF_CAP_S <= settings.REPLY_MAX_COUNTDOWN_S  # the backoff is not silently cut
+    assert providers.BACKOFF_CAP_S <= settings.REPLY_MAX_COUNTDOWN_S  # the backoff is not silently cut
 
 
 def test_a_turn_waiting_out_its_backoff_is_not_taken_for_a_lost_message():

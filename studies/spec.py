@@ -18,7 +18,7 @@ import json
 import os
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jsonschema import Draft202012Validator
@@ -29,7 +29,7 @@ from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEv
 from ruamel.yaml.nodes import MappingNode, SequenceNode
 from ruamel.yaml.scanner import RoundTripScanner
 
-from .heldout import ANY, HELD_OUT_FRACTION, held_out_rule, held_out_tests, same_question
+from .heldout import ANY, HELD_OUT_FRACTION, cases_shown, held_out_rule, held_out_tests, same_question
 
 LANGUAGES = ("en", "zh-hans")
 ITEM_KINDS = ("single_choice", "multi_choice", "likert", "numeric", "text", "predict")
@@ -111,6 +111,7 @@ FROM_TARGET = "from_target"
 DEFAULT_COMPLETION_URL = "https://app.prolific.com/submissions/complete?cc={code}"
 DEFAULT_MAX_LENGTH = 2000
 DEFAULT_STRATA = (0.5,)
+FOLD_SHOWN = 5  # the other places of one mistake listed in its error
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
 # Words the researcher console uses in its own addresses (/console/<word>/): a study cannot take them.
@@ -158,14 +159,19 @@ _COMMON_ITEM_FIELDS = ("id", "kind", "concept", "prompt", "required")
 
 @dataclass(frozen=True)
 class SpecError:
+    """One mistake. `path` is the field as data (`items[25].prompt`, what the API returns); `named` the same path
+    with the id of every list entry that has one (`items[25] (id post_b3).prompt`), which the text shows."""
+
     path: str
     message: str
     file: str = STUDY_FILE
     line: int | None = None
+    named: str = field(default="", compare=False)
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}, line {self.line}"
-        head = f"{self.path}: " if self.path else ""
+        path = self.named or self.path
+        head = f"{path}: " if path else ""
         return f"{head}{self.message} ({where})"
 
 
@@ -227,7 +233,7 @@ def study_text_parse(text: str, assets: dict[str, bytes]) -> dict:
             raise
     errors += checker.errors
     if errors:
-        raise StudyFileInvalid(_sorted_unique(errors))
+        raise StudyFileInvalid(_sorted_unique([_with_ids(e, data) for e in errors]))
     return _normalise(data)
 
 
@@ -620,6 +626,15 @@ def _build_schema() -> dict:
                             description="caps of this arm: allocation stops at them; see docs/study-file.md",
                         ),
                         "display": _display_schema(),
+                        "page": _obj(
+                            {
+                                "heading": _text("The chat page's heading."),
+                                "instructions": _text("What the participant is told to do on the chat page."),
+                                "placeholder": _text("The hint shown in the empty message box."),
+                            },
+                            description="the chat page's texts for this arm (default: what fits its kind); "
+                                        "see docs/study-file.md",
+                        ),
                         "system_prompt": _text("The explainer's instructions (never shown to participants)."),
                         "llm": {"$ref": "#/$defs/llm"},
                     },
@@ -759,7 +774,7 @@ def _yaml_events_check(text: str) -> SpecError | None:
     except _FlowTooDeep as exc:  # the scanner is ahead of the events: the path is where they had got to
         return SpecError(_frames_path(stack), f"{exc.problem} (aliases expanded)", line=exc.problem_mark.line + 1)
     except MarkedYAMLError as exc:
-        return _yaml_syntax_error(exc)
+        return _yaml_syntax_error(exc, text)
     except YAMLError as exc:  # e.g. a control character the reader refuses
         return _yaml_reader_error(exc, text)
     return None
@@ -802,7 +817,7 @@ def _yaml_load(text: str) -> tuple[object, list[SpecError]]:
     try:
         root = yaml.compose(io.StringIO(text))
     except MarkedYAMLError as exc:
-        return None, [_yaml_syntax_error(exc)]
+        return None, [_yaml_syntax_error(exc, text)]
     except YAMLError as exc:
         return None, [_yaml_reader_error(exc, text)]
     if root is None:
@@ -811,14 +826,158 @@ def _yaml_load(text: str) -> tuple[object, list[SpecError]]:
     try:  # from the nodes already composed: the text is parsed once
         doc = yaml.constructor.construct_document(root)
     except MarkedYAMLError as exc:
-        return None, errors + [_yaml_syntax_error(exc)]
+        return None, errors + [_yaml_syntax_error(exc, text)]
     return doc, errors
 
 
-def _yaml_syntax_error(exc: MarkedYAMLError) -> SpecError:
+def _yaml_syntax_error(exc: MarkedYAMLError, text: str = "") -> SpecError:
+    """The parser's error in plain words: the line, the line or key above it, and what is probably wrong."""
     mark = exc.problem_mark or exc.context_mark
     problem = exc.problem or exc.context or "invalid yaml"
-    return SpecError("", f"invalid yaml: {problem}", line=mark.line + 1 if mark else None)
+    line = mark.line + 1 if mark else None
+    explained = _YamlLines(text).explain(exc, line) if text and line else None
+    if explained is None:
+        return SpecError("", f"invalid yaml: {problem}", line=line)
+    line, message = explained
+    return SpecError("", f"invalid yaml: line {line}: {message}", line=line)
+
+
+_BLOCK_SCALAR = re.compile(r"(?:^|:\s|-\s)[|>][-+0-9]*\s*(?:#.*)?$")
+_KEY = re.compile(r"^(\s*(?:-\s+)*)([^\s#'\"{}\[\],&*!|>%@`][^:#]*?|\"[^\"]*\"|'[^']*')\s*:(?:\s|$)")
+
+
+class _YamlLines:
+    """The lines of a YAML text that failed to parse, read just enough to say what is probably wrong."""
+
+    def __init__(self, text: str):
+        self.lines = text.splitlines()
+        self.content = set()  # 1-based numbers of the lines YAML reads as structure (not blank, comment, text)
+        block_indent = None
+        for number, line in enumerate(self.lines, start=1):
+            stripped = line.strip()
+            indent = len(line) - len(line.lstrip(" "))
+            if block_indent is not None:
+                if not stripped or indent > block_indent:
+                    continue
+                block_indent = None
+            if not stripped or stripped.startswith("#"):
+                continue
+            self.content.add(number)
+            if _BLOCK_SCALAR.search(line.split(" #")[0].rstrip()):
+                block_indent = indent
+
+    def text(self, number: int) -> str:
+        return self.lines[number - 1] if 0 < number <= len(self.lines) else ""
+
+    def start(self, number: int) -> int:
+        """The column the line starts at (a `- ` counts as where the dash is)."""
+        line = self.text(number)
+        return len(line) - len(line.lstrip(" "))
+
+    def key_column(self, number: int) -> int:
+        """The column of the line's first key or value, after any `- `."""
+        line = self.text(number)
+        match = re.match(r"^(\s*(?:-\s+)*)", line)
+        return len(match.group(1))
+
+    def above(self, number: int) -> int | None:
+        return next((n for n in range(number - 1, 0, -1) if n in self.content), None)
+
+    def container(self, number: int, column: int) -> int | None:
+        """The nearest line above that starts left of `column`: the mapping or list the line is in."""
+        return next((n for n in range(number - 1, 0, -1) if n in self.content and self.start(n) < column), None)
+
+    def section(self, number: int) -> str:
+        """" (in `arms:`)" for the top-level key the line is under, else ""."""
+        top = next((n for n in range(number, 0, -1) if n in self.content and self.start(n) == 0), None)
+        key = _KEY.match(self.text(top)) if top else None
+        return f" (in `{key.group(2).strip()}:`)" if key and top != number else ""
+
+    def shown(self, number: int) -> str:
+        text = self.text(number).strip()
+        return f"`{text if len(text) <= 40 else text[:37] + '...'}` (line {number})"
+
+    def unclosed_quote(self, until: int) -> int | None:
+        """The first line before `until` that opens a quoted value and does not close it."""
+        for number in sorted(n for n in self.content if n <= until):
+            line = self.text(number)
+            key = _KEY.match(line)
+            rest = line[key.end():] if key else re.sub(r"^\s*(?:-\s+)*", "", line)
+            rest = rest.lstrip()
+            if not rest or rest[0] not in "'\"":
+                continue
+            quote, i, closed = rest[0], 1, False
+            while i < len(rest):
+                if quote == '"' and rest[i] == "\\":
+                    i += 2
+                    continue
+                if rest[i] == quote:
+                    if quote == "'" and rest[i + 1:i + 2] == "'":
+                        i += 2
+                        continue
+                    closed = True
+                    break
+                i += 1
+            if not closed:
+                return number
+        return None
+
+    def explain(self, exc: MarkedYAMLError, line: int) -> tuple[int, str] | None:
+        problem, context = exc.problem or "", exc.context or ""
+        column = exc.problem_mark.column if exc.problem_mark else 0
+        quote = self.unclosed_quote(line)
+        if quote is not None and quote != line or (quote == line and "mapping values" not in problem):
+            mark = self.text(quote).lstrip().split(":", 1)[-1].lstrip()[:1] or '"'
+            return quote, (f"the quote ({mark}) opened on this line{self.section(quote)} is not closed: close it "
+                           f"with {mark} at the end of the value (YAML read on to line {line} looking for it)")
+        if "'\\t'" in problem or "\\t" in problem:
+            return line, (f"a tab character (column {column + 1}){self.section(line)}: YAML indents with spaces "
+                          "only; replace the tab with spaces")
+        if "flow sequence" in context or "flow mapping" in context:
+            opened = exc.context_mark.line + 1 if exc.context_mark else line
+            bracket, close = ("[", "]") if "sequence" in context else ("{", "}")
+            return opened, (f"the `{bracket}` opened on this line{self.section(opened)} is not closed: close it with "
+                            f"`{close}` (YAML reached {self.shown(line)} still inside it)")
+        if "undefined alias" in problem:
+            name = problem.split("'")[1] if "'" in problem else ""
+            anchors = re.findall(r"&([\w-]+)", "\n".join(self.lines[:line - 1]))
+            close = difflib.get_close_matches(name, anchors, n=1)
+            hint = f"; did you mean *{close[0]}?" if close else ""
+            return line, f"*{name} names no anchor (&{name}) defined above it{hint}"
+        above = self.above(line)
+        if "mapping values are not allowed" in problem and above is not None:
+            this = self.text(line)
+            if self.start(line) > self.key_column(above) and _KEY.match(self.text(above)) \
+                    and self.text(above).split(":", 1)[-1].strip() not in ("", "|", ">") \
+                    and not self.text(above).rstrip().endswith(":"):
+                # the mapping the line belongs in: the entry above it, or the one the line above is in
+                above_text = self.text(above).lstrip()
+                parent = above if above_text.startswith("- ") else self.container(above, self.start(above))
+                section = next((n for n in range(line, 0, -1) if n in self.content and self.start(n) == 0), None)
+                expects = _KEY.match(self.text(section)).group(2).strip() if section and _KEY.match(
+                    self.text(section)) else "the file"
+                under = f" under {self.shown(parent)}" if parent and parent != section else ""
+                return line, (f"this line is indented more than `{expects}:` expects{under}: check its spaces (it "
+                              f"starts at column {self.start(line) + 1}, the line above at column "
+                              f"{self.key_column(above) + 1}, so YAML reads it as the rest of that line's value)")
+            key = _KEY.match(this)
+            if key and ": " in this[key.end():]:
+                return line, (f"the value of `{key.group(2).strip()}:` holds ': '{self.section(line)}; put the value "
+                              "in quotes")
+            word = this.strip().split(" ")[0]
+            return line, (f"`{word}` is not followed by `:`{self.section(line)}; write `{word}: value` (or quote "
+                          "the text if it is a value)")
+        if "expected <block end>" in problem or "could not find expected ':'" in problem:
+            start = self.start(line)
+            parent = self.container(line, start)
+            if parent is not None:
+                child = next((n for n in range(parent + 1, line) if n in self.content), None)
+                levels = f"{self.shown(parent)} starts at column {self.start(parent) + 1}"
+                if child is not None:
+                    levels += f" and the lines under it at column {self.start(child) + 1}"
+                return line, (f"this line starts at column {start + 1}, which matches no level above it{self.section(line)}: "
+                              f"{levels}; check its spaces")
+        return None
 
 
 def _duplicate_keys(node, path: tuple, errors: list[SpecError]) -> None:
@@ -866,6 +1025,36 @@ def _path_str(path) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+def _path_parts(path: str) -> list:
+    """`items[3].input.x` -> ["items", 3, "input", "x"] (the inverse of `_path_str`, for keys without dots)."""
+    return [int(index) if index else key for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path)]
+
+
+def _named(data, path) -> str:
+    """The path with every list entry that has an id named by it: `items[25] (id post_b3).prompt`."""
+    out, node = "", data
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            ident = node.get("id") if isinstance(node, dict) else None
+            if isinstance(ident, (str, int)) and not isinstance(ident, bool):
+                out += f" (id {ident})"
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out
+
+
+def _with_ids(error: SpecError, data) -> SpecError:
+    if error.named or not error.path:
+        return error
+    named = _named(data, _path_parts(error.path))
+    if named == error.path or _path_str(_path_parts(error.path)) != error.path:
+        return error
+    return SpecError(error.path, error.message, error.file, error.line, named)
 
 
 def _line(doc, path) -> int | None:
@@ -928,7 +1117,9 @@ def _schema_error(error, doc) -> list[SpecError]:
             message += " (put dates in quotes)"
         return [at(path, message)]
     if validator == "enum":
-        return [at(path, "must be one of: " + ", ".join(str(v) for v in value))]
+        close = difflib.get_close_matches(instance, [str(v) for v in value], n=1) if isinstance(instance, str) else []
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return [at(path, "must be one of: " + ", ".join(str(v) for v in value) + hint)]
     if validator == "const":
         return [at(path, f"must be {value}")]
     messages = {
@@ -966,6 +1157,13 @@ def _get(doc, path):
     for part in path:
         node = node[part]
     return node
+
+
+def _get_or_none(doc, path):
+    try:
+        return _get(doc, path)
+    except (KeyError, IndexError, TypeError):
+        return None
 
 
 # --------------------------------------------------------------------------- semantic checks
@@ -1013,11 +1211,35 @@ class _Checker:
         self.languages = self.languages or ["en"]
         self.csv_header: list[str] | None = None
         self.csv_rows: list[list[str]] = []
+        # One root cause, one error: the first place it shows, and every other place it shows folded into it.
+        self.folds: dict[tuple, dict] = {}
+        self.bad_features: dict[str, tuple] = {}  # target feature that is no column -> its path
 
     def error(self, path, message, *, file=STUDY_FILE, line=None):
         if file == STUDY_FILE and line is None:
             line = _line(self.doc, path)
-        self.errors.append(SpecError(_path_str(path), message, file, line))
+        self.errors.append(SpecError(_path_str(path), message, file, line, _named(self.data, path)))
+
+    def fold(self, key: tuple, path, message: str, *, also: str = "also at") -> None:
+        """Report `message` at `path` the first time `key` is seen; later places are listed in that error."""
+        if key in self.folds:
+            self.folds[key]["places"].append(path)
+        else:
+            self.folds[key] = {"path": path, "message": message, "also": also, "places": []}
+
+    def unknown(self, path, what: str, name, known) -> None:
+        """An unknown name (concept, arm, item...): one error, with a close match, listing every place it is used."""
+        self.fold(("unknown", what, name), path, f"unknown {what} '{name}'{self.hint(str(name), known)}")
+
+    def folds_report(self) -> None:
+        for fold in self.folds.values():
+            places = fold["places"]
+            message = fold["message"]
+            if places:
+                shown = [f"{_named(self.data, p)} (line {_line(self.doc, p)})" for p in places[:FOLD_SHOWN]]
+                more = f" and {len(places) - FOLD_SHOWN} more" if len(places) > FOLD_SHOWN else ""
+                message += f" ({fold['also']} {'; '.join(shown)}{more})"
+            self.error(fold["path"], message)
 
     def run(self) -> None:
         if self.data.get("slug") in RESERVED_SLUGS:
@@ -1034,6 +1256,8 @@ class _Checker:
         self.check_budgets()
         self.check_recruitment()
         self.check_analysis()
+        self.check_texts_held_out()
+        self.folds_report()
 
     def check_recruitment(self) -> None:
         pattern = _mapping(self.data.get("recruitment")).get("pid_pattern")
@@ -1054,10 +1278,11 @@ class _Checker:
             return
         for lang in self.languages:
             if lang not in value:
-                self.error(path, f"missing translation: {lang}")
+                self.fold(("translation", lang), path, f"missing translation: {lang}", also="also missing in")
         for lang in value:
             if lang in LANGUAGES and lang not in self.languages:
-                self.error(path + (lang,), f"language '{lang}' is not declared in languages")
+                self.fold(("language", lang), path + (lang,), f"language '{lang}' is not declared in languages",
+                          also="also given in")
 
     # -- ids
 
@@ -1119,13 +1344,17 @@ class _Checker:
         name = posixpath.basename(data)
         label = target.get("label")
         if isinstance(label, str) and label not in self.csv_header:
-            self.error(("target", "label"), f"not a column of {name}")
+            self.error(("target", "label"), f"not a column of {name}{self.hint(label, self.csv_header)}")
         features = target.get("features")
         for i, feature in enumerate(features if isinstance(features, list) else []):
             if not isinstance(feature, str):
                 continue
             if feature not in self.csv_header:
-                self.error(("target", "features", i), f"not a column of {name}")
+                # what the items' inputs and feature_labels then say about it is folded into this one error
+                self.bad_features[feature] = ("target", "features", i)
+                self.fold(("feature", feature), ("target", "features", i),
+                          f"not a column of {name}{self.hint(feature, self.csv_header)}",
+                          also="so these do not match target.features either:")
                 continue
             if feature == label:
                 self.error(("target", "features", i), "is the label; a feature cannot be the label")
@@ -1137,7 +1366,20 @@ class _Checker:
                     break
         for feature in _mapping(target.get("feature_labels")):
             if isinstance(features, list) and feature not in features:
-                self.error(("target", "feature_labels", feature), "not one of target.features")
+                self.feature_mismatch(("target", "feature_labels", feature), feature, "not one of target.features")
+
+    def feature_mismatch(self, path, name: str, message: str) -> None:
+        """A feature an item or label gives that target.features does not have (or the reverse): a consequence of
+        a target feature that is no column of the data, when one is; else an error of its own."""
+        if name in self.bad_features:
+            root = name
+        elif self.bad_features and self.csv_header and name in self.csv_header:
+            close = difflib.get_close_matches(name, list(self.bad_features), n=1)
+            root = close[0] if close else next(iter(self.bad_features))
+        else:
+            self.error(path, message)
+            return
+        self.folds[("feature", root)]["places"].append(path)
 
     def check_llm_limits(self) -> None:
         """A first-token or idle limit longer than the total it belongs to is a mistake, not a wish."""
@@ -1176,12 +1418,14 @@ class _Checker:
     # -- items
 
     def check_items(self) -> None:
-        concepts = {c.get("id") for _, c in _dicts(self.data.get("concepts"))}
+        concepts = [c.get("id") for _, c in _dicts(self.data.get("concepts"))]
         for i, item in _dicts(self.data.get("items")):
             concept = item.get("concept")
             if isinstance(concept, str) and concept not in concepts:
-                self.error(("items", i, "concept"), f"unknown concept '{concept}'")
+                self.unknown(("items", i, "concept"), "concept", concept, concepts)
             kind = item.get("kind")
+            if kind not in ITEM_KINDS:
+                continue  # the kind is reported (with a close match); what it would allow is not checked
             options = [o.get("id") for _, o in _dicts(item.get("options"))]
             options = [str(o) for o in options if isinstance(o, (str, int)) and not isinstance(o, bool)]
             for j, repeated in enumerate(_repeats(options)):
@@ -1231,10 +1475,12 @@ class _Checker:
             given = _mapping(item.get("input"))
             for feature in features:
                 if feature not in given:
-                    self.error(("items", i, "input"), f"missing feature '{feature}'")
+                    self.feature_mismatch(("items", i, "input"), feature, f"missing feature '{feature}'"
+                                          f"{self.hint(feature, [g for g in given if g not in features])}")
             for feature, value in given.items():
                 if feature not in features:
-                    self.error(("items", i, "input", feature), "not a feature of the target")
+                    self.feature_mismatch(("items", i, "input", feature), feature, "not a feature of the target"
+                                          f"{self.hint(feature, [f for f in features if f not in given])}")
                 elif not _is_number(value) and self.target.get("kind") != "llm":
                     self.error(("items", i, "input", feature), "must be a number")
 
@@ -1242,6 +1488,8 @@ class _Checker:
 
     def check_instruments(self) -> None:
         items = {item.get("id"): item for _, item in _dicts(self.data.get("items"))}
+        known = [i for i in items if isinstance(i, str)]
+        unknown_kind = {i for i, item in items.items() if item.get("kind") not in ITEM_KINDS}
         instruments = _mapping(self.data.get("instruments"))
         used_in: dict[str, dict] = {"pre_test": {}, "post_test": {}}
         for name in ("pre_test", "post_test"):
@@ -1255,12 +1503,12 @@ class _Checker:
                     if repeated:
                         self.error(path, f"item '{ident}' is already in this form")
                     if ident not in items:
-                        self.error(path, f"unknown item '{ident}'")
+                        self.unknown(path, "item", ident, known)
                         continue
                     used_in[name].setdefault(ident, path)
                     if name == "post_test" and ident in used_in["pre_test"]:
                         self.error(path, f"item '{ident}' is also used in the pre-test")
-                    if items[ident].get("key") is None:
+                    if items[ident].get("key") is None and ident not in unknown_kind:
                         self.error(path, f"item '{ident}' has no key; test items must be scored")
             a, b = forms.get("A"), forms.get("B")
             if isinstance(a, list) and isinstance(b, list) and len(a) != len(b):
@@ -1271,7 +1519,7 @@ class _Checker:
         for j, (ident, repeated) in enumerate(zip(questionnaire, _repeats(questionnaire))):
             path = ("instruments", "questionnaire", j)
             if ident not in items:
-                self.error(path, f"unknown item '{ident}'")
+                self.unknown(path, "item", ident, known)
             elif repeated:
                 self.error(path, f"item '{ident}' is already in the questionnaire")
         practice = instruments.get("practice")
@@ -1279,7 +1527,9 @@ class _Checker:
         for j, ident in enumerate(practice if isinstance(practice, list) else []):
             path = ("instruments", "practice", j)
             if ident not in items:
-                self.error(path, f"unknown item '{ident}'")
+                self.unknown(path, "item", ident, known)
+            elif ident in unknown_kind:
+                continue
             elif ident in tests:
                 self.error(path, f"item '{ident}' is a test item; the practice bank must be disjoint from the tests")
             elif items[ident].get("key") is None or not items[ident].get("concept"):
@@ -1332,6 +1582,88 @@ class _Checker:
                                "the practice bank must not rehearse a test item")
                     break
 
+    def check_texts_held_out(self) -> None:
+        """No test case is written in what a participant or an explainer reads before the post-test: the arms'
+        material and system prompts, and the practice questions (studies.heldout.cases_shown)."""
+        items = list(_dicts(self.data.get("items")))
+        tests = [(ident, case) for ident, case in held_out_tests(self.data) if isinstance(ident, str)]
+        if not tests or not self.held_out_settings_valid():
+            return  # a bad tolerance is reported already; what it would refuse is not
+        rule = held_out_rule(target=self.target, items=[it for _, it in items], rows=self.data_rows())
+        where = {item.get("id"): i for i, item in items}
+
+        def report(path, found, place: str, *, file=STUDY_FILE, line_of=None):
+            for line, ident, matched in found:
+                at = where.get(ident)
+                case = _mapping(items[at][1].get("input")) if at is not None else {}
+                read = ", ".join(f"{feature} {value:g}" for feature, value in matched.items())
+                its = ", ".join(f"{case.get(feature)} ±{rule.tolerances.get(feature) or 0:.3g}" for feature in matched)
+                test = f"test item '{ident}'" + (f" (items[{at}], line {_line(self.doc, ('items', at))})"
+                                                 if at is not None else "")
+                self.error(path, f"{place} shows the case of {test}: {read} are within the held-out distance of its "
+                                 f"{its}; change these numbers so that no test case can be recognised",
+                           file=file, line=line_of(line) if line_of else line)
+
+        files: dict[str, list] = {}
+        for i, arm in _dicts(self.data.get("arms")):
+            material = arm.get("material")
+            paths = [(("arms", i, "material"), material)] if isinstance(material, str) else [
+                (("arms", i, "material", lang), m) for lang, m in _mapping(material).items()]
+            for path, file in paths:
+                clean = _clean(file) if isinstance(file, str) else None
+                if clean in self.assets and len(self.assets[clean]) <= MAX_MATERIAL_BYTES:
+                    files.setdefault(clean, []).append((path, arm.get("id")))
+            prompt = arm.get("system_prompt")
+            texts = [(("arms", i, "system_prompt"), prompt)] if isinstance(prompt, str) else [
+                (("arms", i, "system_prompt", lang), t) for lang, t in _mapping(prompt).items()]
+            for path, text in texts:
+                if isinstance(text, str):
+                    report(path, cases_shown(text, rule, tests), "the system prompt",
+                           line_of=functools.partial(self.text_line, path))
+        for file, users in files.items():
+            try:
+                text = self.assets[file].decode("utf-8")
+            except UnicodeDecodeError:
+                continue  # reported by check_markdown
+            arms = ", ".join(str(ident) for _, ident in users)
+            report(users[0][0], cases_shown(text, rule, tests),
+                   f"the material of arm{'s' if len(users) > 1 else ''} {arms}",
+                   file=file)
+        practice = _mapping(self.data.get("instruments")).get("practice")
+        practice = {p for p in practice if isinstance(p, str)} if isinstance(practice, list) else set()
+        for i, item in items:
+            if item.get("id") not in practice or item.get("id") in {t for t, _ in tests}:
+                continue
+            texts = [(("items", i, "prompt"), item.get("prompt"))]
+            texts += [(("items", i, "options", j, "text"), o.get("text")) for j, o in _dicts(item.get("options"))]
+            whole = " ".join(t for _, value in texts for t in ([value] if isinstance(value, str) else
+                                                               _mapping(value).values()) if isinstance(t, str))
+            # a question and its options are one unit: "Income 44 k$, debt ratio 0.20..." / "Approves"
+            for lang_text in ([whole] if whole else []):
+                found = [(None, ident, matched) for _, ident, matched in cases_shown(
+                    lang_text.replace("\n", " "), rule, tests)]
+                report(("items", i, "prompt"), found[:1], f"practice item '{item['id']}'")
+
+    def held_out_settings_valid(self) -> bool:
+        settings = _mapping(self.target).get("held_out")
+        if settings is None:
+            return True
+        if not isinstance(settings, dict):
+            return False
+        fraction = settings.get("fraction", HELD_OUT_FRACTION)
+        tolerance = settings.get("tolerance") or {}
+        features = _mapping(self.target).get("features") or []
+        return _is_number(fraction) and 0 <= fraction <= 1 and isinstance(tolerance, dict) and all(
+            name in features and (value == ANY or _is_number(value) and value >= 0) for name, value in tolerance.items())
+
+    def text_line(self, path, offset: int) -> int | None:
+        """The line in study.yaml of line `offset` (1-based) of the text at `path`: exact for a `|` block."""
+        line = _line(self.doc, path)
+        node = _get_or_none(self.doc, path)
+        if line is not None and type(node).__name__ == "LiteralScalarString":
+            return line + offset
+        return line
+
     def data_rows(self) -> list[dict] | None:
         """The target's training data as rows of column -> text, if it has any."""
         if self.csv_header is None:
@@ -1380,7 +1712,7 @@ class _Checker:
                 self.error(path, "applies only with yoked_to")
             elif name == "yoked_to":
                 if value not in kinds:
-                    self.error(path, f"unknown arm '{value}'")
+                    self.unknown(path, "arm", value, [k for k in kinds if isinstance(k, str)])
                 elif kinds[value] != "agentic":
                     self.error(path, f"arm '{value}' is a {kinds[value]} arm; a static arm is yoked to an agentic arm")
 
@@ -1512,7 +1844,7 @@ class _Checker:
             if not isinstance(ident, str):
                 continue
             if ident not in items:
-                self.error(path, f"unknown item '{ident}'")
+                self.unknown(path, "item", ident, list(items))
             elif ident not in questionnaire:
                 self.error(path, f"item '{ident}' is not in instruments.questionnaire; an attention check is asked "
                                  "there, never in a test (excluding on a test answer biases the outcome)")
@@ -1540,7 +1872,7 @@ class _Checker:
                     continue
                 kind = items.get(item_id, {}).get("kind")
                 if item_id not in items:
-                    self.error(path + ("items", j), f"unknown item '{item_id}'")
+                    self.unknown(path + ("items", j), "item", item_id, list(items))
                 elif item_id not in questionnaire:
                     self.error(path + ("items", j), f"item '{item_id}' is not in instruments.questionnaire")
                 elif kind not in ANALYSIS_NUMERIC_KINDS:
@@ -1560,7 +1892,7 @@ class _Checker:
     def check_analysis_contrasts(self, plan: dict, arms: list[str]) -> None:
         reference = plan.get("reference_arm")
         if isinstance(reference, str) and reference not in arms:
-            self.error(("analysis", "reference_arm"), f"unknown arm '{reference}'{self.hint(reference, arms)}")
+            self.unknown(("analysis", "reference_arm"), "arm", reference, arms)
         contrasts = plan.get("contrasts")
         if not isinstance(contrasts, list):
             return
@@ -1574,7 +1906,7 @@ class _Checker:
                 continue
             unknown = [(k, a) for k, a in enumerate(pair) if isinstance(a, str) and a not in arms]
             for k, arm in unknown:
-                self.error(path + (k,), f"unknown arm '{arm}'{self.hint(arm, arms)}")
+                self.unknown(path + (k,), "arm", arm, arms)
             if unknown or not all(isinstance(a, str) for a in pair):
                 continue
             if pair[0] == pair[1]:
@@ -1799,6 +2131,8 @@ def _normalise(data: dict) -> dict:
                 "system_prompt": text(arm.get("system_prompt")),
                 "llm": _normalise_llm(arm.get("llm")),
                 **({"display": dict(arm["display"])} if arm.get("display") is not None else {}),
+                # like `display`, `page` appears only when declared, so files without it keep their sha256
+                **({"page": {k: text(v) for k, v in arm["page"].items()}} if arm.get("page") else {}),
             }
             for arm in arms
         ],

@@ -72,7 +72,7 @@ def test_a_practice_item_that_asks_a_test_items_question_is_refused(tmp_path):
         'en: "An applicant with a good income and a low debt ratio has 2 late payments. After one more late payment, '
         'what does the model decide?"', 'en: "How many late payments can an applicant have and still be approved?"', 1)
     [error] = errors_of(folder_with(tmp_path, text))
-    assert str(error) == ("items[25].prompt: practice item 'prac_late' asks the same question as test item 'post_a1'; "
+    assert str(error) == ("items[25] (id prac_late).prompt: practice item 'prac_late' asks the same question as test item 'post_a1'; "
                           "the practice bank must not rehearse a test item "
                           f"(study.yaml, line {line_of(text, 'id: prac_late') + 3})")
 

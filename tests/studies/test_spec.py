@@ -206,10 +206,11 @@ def test_every_mistake_is_reported_at_once_with_path_and_line(tmp_path):
     errors = errors_of(write_study(tmp_path, text))
     shown = {str(e) for e in errors}
     expected = {
-        f"items[0].concept: unknown concept 'bigr' (study.yaml, line {line_of(text, 'concept: bigr')})",
-        f"arms[2].weight: must be greater than 0 (study.yaml, line {line_of(text, 'weight: 0')})",
-        f"items[1].prompt: missing translation: zh-hans (study.yaml, line {line_of(text, 'prompt: {en: Predict}')})",
-        f"arms[0].material: file not found: material/missing.md (study.yaml, line {line_of(text, 'missing.md')})",
+        f"items[0] (id p1).concept: unknown concept 'bigr'; did you mean 'bigger'? "
+        f"(study.yaml, line {line_of(text, 'concept: bigr')})",
+        f"arms[2] (id tutor).weight: must be greater than 0 (study.yaml, line {line_of(text, 'weight: 0')})",
+        f"items[1] (id p2).prompt: missing translation: zh-hans (study.yaml, line {line_of(text, 'prompt: {en: Predict}')})",
+        f"arms[0] (id static).material: file not found: material/missing.md (study.yaml, line {line_of(text, 'missing.md')})",
         "instruments.post_test.forms.B[1]: item 'p1' is also used in the pre-test "
         f"(study.yaml, line {line_of(text, 'B: [q2, p1]')})",
         "instruments.post_test.forms.B: must have as many items as form A (1, not 2) "
@@ -249,7 +250,7 @@ def test_field_of_another_item_kind_is_refused(tmp_path):
     text = MINIMAL.replace("    scale: {min: 1, max: 5}", "    scale: {min: 1, max: 5}\n    tolerance: 1")
     errors = errors_of(write_study(tmp_path, text))
     assert [str(e) for e in errors] == [
-        f"items[4].tolerance: is not used by likert items (study.yaml, line {line_of(text, 'tolerance: 1')})"
+        f"items[4] (id s1).tolerance: is not used by likert items (study.yaml, line {line_of(text, 'tolerance: 1')})"
     ]
 
 
@@ -266,16 +267,21 @@ def test_missing_translation_is_reported_for_nested_texts(tmp_path):
         "languages: [en, zh-hans]", "languages: [zh-hans, en]")
     errors = errors_of(write_study(tmp_path, text))
     assert [str(e) for e in errors] == [
-        f"concepts[0].label: missing translation: zh-hans (study.yaml, line {line_of(text, 'label: {en: Bigger}')})"
+        f"concepts[0] (id bigger).label: missing translation: zh-hans "
+        f"(study.yaml, line {line_of(text, 'label: {en: Bigger}')})"
     ]
 
 
 def test_undeclared_language_is_refused(tmp_path):
     text = MINIMAL.replace("languages: [en, zh-hans]", "languages: [en]")
-    errors = errors_of(write_study(tmp_path, text))
-    assert {e.path for e in errors} == {"title.zh-hans", "consent.text.zh-hans", "concepts[0].label.zh-hans",
-                                        "items[1].prompt.zh-hans"}
-    assert all(e.message == "language 'zh-hans' is not declared in languages" for e in errors)
+    # one mistake (the language left out of `languages`), one error listing every text that gives it
+    [error] = errors_of(write_study(tmp_path, text))
+    assert error.path == "title.zh-hans" and error.line == line_of(text, "title:")
+    assert error.message == (
+        "language 'zh-hans' is not declared in languages (also given in "
+        f"consent.text.zh-hans (line {line_of(text, 'consent:')}); "
+        f"concepts[0] (id bigger).label.zh-hans (line {line_of(text, 'label: {en: Bigger')}); "
+        f"items[1] (id p2).prompt.zh-hans (line {line_of(text, 'prompt: {en: Predict')}))")
 
 
 def test_bad_cross_references_are_reported(tmp_path):
@@ -283,7 +289,7 @@ def test_bad_cross_references_are_reported(tmp_path):
         "questionnaire: [s1, s2]", "questionnaire: [s1, s3]").replace("    key: a\n", "    key: z\n")
     shown = {str(e) for e in errors_of(write_study(tmp_path, text))}
     assert shown == {
-        f"items[0].key: unknown option 'z' (study.yaml, line {line_of(text, 'key: z')})",
+        f"items[0] (id p1).key: unknown option 'z' (study.yaml, line {line_of(text, 'key: z')})",
         f"instruments.pre_test.forms.B[0]: unknown item 'p9' (study.yaml, line {line_of(text, '[p9]')})",
         f"instruments.questionnaire[1]: unknown item 's3' (study.yaml, line {line_of(text, '[s1, s3]')})",
     }
@@ -303,10 +309,17 @@ def test_from_target_needs_a_predict_item_and_a_target(tmp_path):
 def test_target_columns_and_predict_inputs_are_checked(tmp_path):
     text = MINIMAL.replace("features: [x, y]", "features: [x, w]")
     errors = errors_of(write_study(tmp_path, text))
+    # the inputs that no longer match target.features are consequences, folded into the one error
+    line = line_of(text, "input: {x: 3, y: 1}")
+    assert [(e.path, e.message) for e in errors] == [
+        ("target.features[1]", "not a column of d.csv (so these do not match target.features either: "
+                               f"items[1] (id p2).input (line {line}); items[1] (id p2).input.y (line {line}))"),
+    ]
+    text = MINIMAL.replace("input: {x: 3, y: 1}", "input: {x: 3, z: 1}")
+    errors = errors_of(write_study(tmp_path, text))
     assert {(e.path, e.message) for e in errors} == {
-        ("target.features[1]", "not a column of d.csv"),
-        ("items[1].input", "missing feature 'w'"),
-        ("items[1].input.y", "not a feature of the target"),
+        ("items[1].input", "missing feature 'y'"),
+        ("items[1].input.z", "not a feature of the target"),
     }
 
 

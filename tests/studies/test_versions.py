@@ -84,8 +84,9 @@ def test_a_bad_file_gets_every_error_and_saves_nothing(study_folder):
     with pytest.raises(CommandError) as error:
         _run("study_load", str(folder))
     message = str(error.value)
-    assert f"arms[2].weight: must be greater than 0 (study.yaml, line {weight_line})" in message
-    assert "items[0].concept" in message and "recruitment.completion_code" in message
+    # the text names list entries by their id, besides their index
+    assert f"arms[2] (id agentic).weight: must be greater than 0 (study.yaml, line {weight_line})" in message
+    assert "items[0] (id pre_a1).concept" in message and "recruitment.completion_code" in message
     assert "nothing saved" in message
     assert Study.objects.count() == 0 and StudyVersion.objects.count() == 0
 

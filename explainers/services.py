@@ -12,7 +12,6 @@ several calls (learner-model update, tool rounds, reply): each run makes the nex
 "continue" (docs/agentic.md).
 """
 import logging
-import random
 import threading
 import time
 from contextlib import contextmanager

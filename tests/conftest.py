@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -88,6 +89,50 @@ def _entry_rate_limits_off(settings):
     are off unless a test turns them on (tests/participants/test_entry_hardening.py)."""
     settings.ENTRY_RATE_PER_IP = 0
     settings.ENTRY_RATE_PER_SESSION = 0
+
+
+def chat_participants(version, n: int, tag: str) -> list:
+    """Enter, consent and answer the pre-test (from the key) for `n` participants of the chat arm."""
+    import random
+
+    from participants.bots import AnswerPolicy
+    from participants.models import Step
+    from participants.services import participant_consent, participant_enter, response_submit
+    from studies.protocol import Protocol
+
+    protocol = Protocol(version.spec)
+    out = []
+    for i in range(n):
+        participant = participant_enter(slug=version.study.slug, pid=hex_pid(f"{tag}{i:04d}"))
+        participant = participant_consent(participant_id=participant.pk, accept=True)
+        answers = AnswerPolicy("key", protocol, version.target_keys, random.Random(i))
+        for item_id in protocol.phase_item_ids(Step.PRE_TEST, participant.form_order):
+            answer = answers.answer(item_id)
+            values = answer["answer"] if isinstance(answer["answer"], list) else [answer["answer"]]
+            response_submit(participant_id=participant.pk, phase=Step.PRE_TEST, item_id=item_id, values=values,
+                            confidence=answer.get("confidence"))
+        participant.refresh_from_db()
+        assert participant.step == Step.EXPLANATION and participant.arm == "chat", (participant.step, participant.arm)
+        out.append(participant)
+    return out
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass; return whether it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def turns_settled(turns) -> bool:
+    """Whether every one of `turns` is answered or failed."""
+    from explainers.models import Turn
+
+    ids = [t.pk for t in turns]
+    return Turn.objects.filter(pk__in=ids, status__in=(Turn.Status.ANSWERED, Turn.Status.FAILED)).count() == len(ids)
 
 
 @pytest.fixture
@@ -257,6 +302,7 @@ def app_process_env(fake_llm) -> dict:
         "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
         "PYTHONUNBUFFERED": "1",
         "ENTRY_RATE_PER_IP": "0",  # every browser test arrives from 127.0.0.1 (see _entry_rate_limits_off)
+        "ENTRY_RATE_PER_SESSION": "0",
     }
 
 
@@ -319,54 +365,80 @@ def asgi_static(tmp_path_factory):
     return folder
 
 
-@pytest.fixture
-def asgi_server(transactional_db, fake_llm, asgi_static, tmp_path):
-    """`uvicorn config.asgi:application` on the test database, the test Redis and the fake model; its URL.
+class AppServer:
+    """A running `uvicorn config.asgi:application` of a test: its URL, port, process and log."""
 
-    Fails the test if the server logged a traceback.
+    def __init__(self, port: int, process: subprocess.Popen, log_path: Path):
+        self.url, self.port, self.process, self.log_path = f"http://127.0.0.1:{port}", port, process, log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def asgi_server_factory(transactional_db, fake_llm, asgi_static, tmp_path):
+    """Return a function that starts `uvicorn config.asgi:application` (the app as deployed: the ASGI body limit,
+    the database pool) on the test database, the test Redis and the fake model, with extra environment
+    variables; it returns an AppServer once the server answers (a 503 without a database counts).
+
+    Fails the test if a server logged a traceback.
     """
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **app_process_env(fake_llm),
-        "PYTHONPATH": os.pathsep.join([str(asgi_static), str(ROOT)]),
-        "DJANGO_SETTINGS_MODULE": "browser_asgi_settings",
-        "DJANGO_DEBUG": "",
-    }
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the app runs as in production
-    log_path = tmp_path / "uvicorn.log"
-    log = log_path.open("a")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"uvicorn exited: {log_path.read_text()[-2000:]}")
+    servers = []
+
+    def start(**extra_env) -> AppServer:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {
+            **app_process_env(fake_llm),
+            "PYTHONPATH": os.pathsep.join([str(asgi_static), str(ROOT)]),
+            "DJANGO_SETTINGS_MODULE": "browser_asgi_settings",
+            "DJANGO_DEBUG": "",
+            **{k: str(v) for k, v in extra_env.items()},
+        }
+        env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the app runs as in production
+        log_path = tmp_path / f"uvicorn-{len(servers)}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning", "--no-access-log", "--backlog", "2048"],
+            cwd=ROOT, env=env, stdout=log_path.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        server = AppServer(port, process, log_path)
+        servers.append(server)
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"uvicorn exited: {server.log()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{server.url}/healthz", timeout=10).read()
+                return server
+            except urllib.error.HTTPError:  # it answers (503 without a database): up
+                return server
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"uvicorn did not start: {server.log()[-2000:]}")
+                time.sleep(0.1)
+
+    yield start
+    for server in servers:
+        server.process.terminate()
         try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=1).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"uvicorn did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
+            server.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        log.close()
-        text = log_path.read_text(errors="replace")
-        assert "Traceback" not in text, text[-3000:]
+            server.process.kill()
+            server.process.wait(timeout=5)
+    for server in servers:
+        assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+@pytest.fixture
+def asgi_server(asgi_server_factory) -> str:
+    """The URL of one `asgi_server_factory` server with the default environment."""
+    return asgi_server_factory().url
 
 
 @pytest.fixture

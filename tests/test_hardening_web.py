@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,10 +20,9 @@ import pytest
 import redis
 from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
-from django.test import Client
 
 from bench.burst_arrivals import ConnectionWatch, burst
-from conftest import ROOT, app_process_env, chat_only, hex_pid
+from conftest import chat_only, hex_pid
 from explainers.models import Turn
 from explainers.streaming import TurnStream
 from participants import services
@@ -34,73 +32,10 @@ WAIT_S = 30.0
 MB = 1024 * 1024
 
 
-class Server:
-    def __init__(self, url: str, port: int, process: subprocess.Popen, log_path: Path):
-        self.url, self.port, self.process, self.log_path = url, port, process, log_path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @pytest.fixture
-def web_server(transactional_db, fake_llm, asgi_static, tmp_path):
-    """Return a function that starts `uvicorn config.asgi:application` with extra environment variables.
-
-    The entry rate limits are off (every arrival here comes from 127.0.0.1; ENTRY_RATE_* are helper 3's
-    settings, docs/participant-journey.md). Fails the test if a server logged a traceback.
-    """
-    servers = []
-
-    def start(**extra_env) -> Server:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        env = {
-            **app_process_env(fake_llm),
-            "PYTHONPATH": os.pathsep.join([str(asgi_static), str(ROOT)]),
-            "DJANGO_SETTINGS_MODULE": "browser_asgi_settings",
-            "DJANGO_DEBUG": "",
-            "ENTRY_RATE_PER_IP": "0",
-            "ENTRY_RATE_PER_SESSION": "0",
-            **{k: str(v) for k, v in extra_env.items()},
-        }
-        env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        log_path = tmp_path / f"uvicorn-{len(servers)}.log"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning", "--no-access-log", "--backlog", "2048"],
-            cwd=ROOT, env=env, stdout=log_path.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        server = Server(f"http://127.0.0.1:{port}", port, process, log_path)
-        servers.append(server)
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited: {server.log()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{server.url}/healthz", timeout=10).read()
-                return server
-            except urllib.error.HTTPError:  # it answers (503 without a database): up
-                return server
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"uvicorn did not start: {server.log()[-2000:]}")
-                time.sleep(0.1)
-
-    yield start
-    for server in servers:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=5)
-    for server in servers:
-        assert "Traceback" not in server.log(), server.log()[-3000:]
+def web_server(asgi_server_factory):
+    """conftest's `asgi_server_factory`: uvicorn with extra environment variables, an AppServer each."""
+    return asgi_server_factory
 
 
 # --- 2. bounded connections ---------------------------------------------------------------------------------

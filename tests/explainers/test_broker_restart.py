@@ -17,17 +17,15 @@ import pytest
 import redis
 from django.conf import settings
 
-from conftest import hex_pid
+from conftest import chat_participants, wait_until
+from conftest import turns_settled as settled
 from explainers.fakellm import last_user_text
 from explainers.models import Turn
-from participants.models import Step
-from participants.services import chat_send, participant_consent, participant_enter, response_submit
-from studies.protocol import Protocol
+from participants.services import chat_send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parents[2]
-SETTLED = (Turn.Status.ANSWERED, Turn.Status.FAILED)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -125,42 +123,6 @@ def private_redis(settings, tmp_path):
     point_at(original)
     for server in servers:
         server.kill()
-
-
-def chat_participants(version, n: int, tag: str) -> list:
-    """Enter, consent and answer the pre-test (from the key) for `n` participants of the chat arm."""
-    from random import Random
-
-    from participants.bots import AnswerPolicy
-
-    protocol = Protocol(version.spec)
-    out = []
-    for i in range(n):
-        participant = participant_enter(slug=version.study.slug, pid=hex_pid(f"{tag}-{i}"))
-        participant = participant_consent(participant_id=participant.pk, accept=True)
-        answers = AnswerPolicy("key", protocol, version.target_keys, Random(i))
-        for item_id in protocol.phase_item_ids(Step.PRE_TEST, participant.form_order):
-            answer = answers.answer(item_id)
-            values = answer["answer"] if isinstance(answer["answer"], list) else [answer["answer"]]
-            response_submit(participant_id=participant.pk, phase=Step.PRE_TEST, item_id=item_id, values=values,
-                            confidence=answer.get("confidence"))
-        participant.refresh_from_db()
-        assert participant.step == Step.EXPLANATION and participant.arm == "chat"
-        out.append(participant)
-    return out
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def settled(turns) -> bool:
-    return Turn.objects.filter(pk__in=[t.pk for t in turns], status__in=SETTLED).count() == len(turns)
 
 
 def provider_calls_by_text(fake) -> Counter:

@@ -3,7 +3,6 @@
 Every test runs a REAL Celery worker process (`celery_worker_factory`) on the test database and a
 flushed Redis broker database, with the fake provider on loopback. Figures are printed (run with -s).
 """
-import random
 import threading
 import time
 from collections import Counter
@@ -20,57 +19,22 @@ from explainers.fakellm import last_user_text
 from explainers.models import LLMCall, Turn
 from explainers.providers import FINAL_KINDS
 from explainers.tasks import reply_generate_task
-from participants.bots import AnswerPolicy
-from participants.models import Participant, Step
-from participants.services import chat_send, participant_consent, participant_enter, response_submit
-from studies.protocol import Protocol
-from conftest import chat_only, hex_pid
+from participants.models import Participant
+from participants.services import chat_send
+from conftest import chat_only, chat_participants, wait_until
+from conftest import turns_settled as settled
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SETTLED = (Turn.Status.ANSWERED, Turn.Status.FAILED)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def chat_participants(version, n: int, tag: str) -> list[Participant]:
-    """Enter, consent and answer the pre-test (from the key) for `n` participants of the chat arm."""
-    protocol = Protocol(version.spec)
-    out = []
-    for i in range(n):
-        participant = participant_enter(slug=version.study.slug, pid=hex_pid(f"{tag}{i:04d}"))
-        participant = participant_consent(participant_id=participant.pk, accept=True)
-        answers = AnswerPolicy("key", protocol, version.target_keys, random.Random(i))
-        for item_id in protocol.phase_item_ids(Step.PRE_TEST, participant.form_order):
-            answer = answers.answer(item_id)
-            values = answer["answer"] if isinstance(answer["answer"], list) else [answer["answer"]]
-            response_submit(participant_id=participant.pk, phase=Step.PRE_TEST, item_id=item_id, values=values,
-                            confidence=answer.get("confidence"))
-        participant.refresh_from_db()
-        assert participant.step == Step.EXPLANATION and participant.arm == "chat", (participant.step, participant.arm)
-        out.append(participant)
-    return out
 
 
 def send_all(participants, tag: str) -> list[Turn]:
     """One chat message per participant (each enqueues its reply task on commit)."""
     return [chat_send(participant_id=p.pk, text=f"{tag} question from participant number {i}?")
             for i, p in enumerate(participants)]
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def settled(turns) -> bool:
-    ids = [t.id for t in turns]
-    return Turn.objects.filter(pk__in=ids, status__in=SETTLED).count() == len(ids)
 
 
 def provider_calls_by_text(fake) -> Counter:

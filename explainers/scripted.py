@@ -7,13 +7,15 @@ and the tool results. A learner-model update returns the model updated by the ev
 teaching and after a right answer, down after a wrong one); a reply makes the next move with the tutor's
 own templates (explainers.learner.moves), calling the `predict` tool first for an example; post-test
 predictions and the meeting note come from the learner model. Every text says it is scripted. No Django
-settings are needed: the fake runs as a process of its own.
+settings are needed: the fake runs as a process of its own. It writes in the language the prompt asks for
+(`Write in …`, explainers.arms.agentic): English, or Simplified Chinese from its own table of phrases.
 """
 import json
 import re
 
 from explainers.learner.moves import (
-    ANSWER_AGAIN, ANSWER_WITH_LETTER, CHECK, RIGHT, TEMPLATES, summary_text, taught_text,
+    ANOTHER_WAY, ANSWER_AGAIN, ANSWER_WITH_LETTER, CHECK, CORRECTION, EXPLAIN, GO_ON, READY, RIGHT, SUMMARY,
+    TEMPLATES, summary_text, taught_text,
 )
 from explainers.learner.play import TAUGHT_ACTS
 
@@ -114,6 +116,43 @@ def schema_instance(schema, root=None, depth: int = 0):
 # --------------------------------------------------------------------------- the scripted explainer
 
 SCRIPTED = "(Scripted demo reply.) "
+ASKED = "(You asked a question: a real explainer model would answer it here.) "
+TYPICAL_CASE = " I asked the model about a typical case: it answers **%(output)s**."
+NOTE = "(Scripted demo note.) We went through how the model decides, one idea at a time."
+SEEMED_CLEAR = " Seemed clear: %(concepts)s."
+ANOTHER_LOOK = " Worth another look: %(concepts)s."
+SPACE, LIST_SEPARATOR = " ", ", "
+
+# The fixed phrases in Simplified Chinese, keyed by the English text: those of the tutor's templates as
+# locale/zh_Hans/LC_MESSAGES/django.po translates them (the fake runs without Django's translations), and
+# the scripted model's own.
+ZH_HANS = {
+    SCRIPTED: "（脚本演示回复。）",
+    ASKED: "（你提了一个问题：真正的讲解模型会在这里回答它。）",
+    TYPICAL_CASE: "我向模型询问了一个典型案例：它的回答是 **%(output)s**。",
+    NOTE: "（脚本演示备注。）我们一次一个要点，讲解了模型如何做出决定。",
+    SEEMED_CLEAR: "似乎已经清楚的：%(concepts)s。",
+    ANOTHER_LOOK: "值得再看一遍的：%(concepts)s。",
+    SPACE: "",
+    LIST_SEPARATOR: "、",
+    EXPLAIN: "我们来看 **%(label)s**。%(description)s",
+    ANOTHER_WAY: "换个角度理解 **%(label)s**：%(description)s",
+    CORRECTION: "不太对。请记住 **%(label)s**：%(description)s",
+    CHECK: "关于 **%(label)s** 的小测验。",
+    SUMMARY: "关于这个模型就讲到这里。简而言之：",
+    READY: "准备好后即可继续。",
+    GO_ON: "准备好继续时，请发送任意消息（例如“好”）。",
+    ANSWER_WITH_LETTER: "请用所选选项的字母作答。",
+    RIGHT: "答对了！",
+    ANSWER_AGAIN: "请用其中一个字母作答。",
+}
+PHRASES = {"Simplified Chinese": ZH_HANS}  # the language's name as the prompt's "Write in …" gives it
+
+
+def translator(system: str):
+    """The function that puts a fixed phrase in the language the system prompt asks for (English: as it is)."""
+    table = next((table for name, table in PHRASES.items() if f"Write in {name}" in system), {})
+    return lambda phrase: table.get(phrase, phrase)
 
 
 def _system_text(api: str, body: dict) -> str:
@@ -180,27 +219,28 @@ def scripted_update(model: dict, evidence: dict) -> dict:
     return new
 
 
-def scripted_move(move: dict, results: list, concepts: list, asked: str) -> str:
-    """The reply to the `<next_move>` of the prompt, from the tutor's templates (explainers.learner.moves), in
-    English, marked as scripted."""
+def scripted_move(move: dict, results: list, concepts: list, asked: str, translate=str) -> str:
+    """The reply to the `<next_move>` of the prompt, from the tutor's templates (explainers.learner.moves), marked
+    as scripted; `translate` puts the fixed phrases in the prompt's language (`translator`)."""
+    t = translate
     act, label, description = move.get("act"), move.get("label", ""), move.get("description", "")
-    prefix = SCRIPTED
+    prefix = t(SCRIPTED)
     if move.get("previous_answer") == "right":
-        prefix += RIGHT + " "
+        prefix += t(RIGHT) + t(SPACE)
     if move.get("again"):
-        prefix += ANSWER_AGAIN + " "
+        prefix += t(ANSWER_AGAIN) + t(SPACE)
     elif "?" in asked or "？" in asked:
-        prefix += "(You asked a question: a real explainer model would answer it here.) "
+        prefix += t(ASKED)
     if act == "summary":
-        return prefix + summary_text([f"- **{c.get('label')}**: {c.get('description')}" for c in concepts], translate=str)
+        return prefix + summary_text([f"- **{c.get('label')}**: {c.get('description')}" for c in concepts], translate=t)
     if act == "check":
         case = "".join(f"- {name}: **{value}**\n" for name, value in (move.get("case") or {}).items())
         options = "\n".join(f"- **{o['id']}**: {o['text']}" for o in move.get("options") or [])
-        return (prefix + CHECK % {"label": label} + f"\n\n{move.get('question', '')}\n\n"
-                + (f"{case}\n" if case else "") + f"{options}\n\n{ANSWER_WITH_LETTER}")
+        return (prefix + t(CHECK) % {"label": label} + f"\n\n{move.get('question', '')}\n\n"
+                + (f"{case}\n" if case else "") + f"{options}\n\n{t(ANSWER_WITH_LETTER)}")
     seen = next((r for r in results if "output" in r), None) if act == "example" else None
-    case = f" I asked the model about a typical case: it answers **{seen['output']}**." if seen else ""
-    return prefix + taught_text(act if act in TEMPLATES else "explain", label, description, translate=str, extra=case)
+    case = t(TYPICAL_CASE) % {"output": seen["output"]} if seen else ""
+    return prefix + taught_text(act if act in TEMPLATES else "explain", label, description, translate=t, extra=case)
 
 
 def explainer_script(api: str, body: dict) -> dict | None:
@@ -208,6 +248,7 @@ def explainer_script(api: str, body: dict) -> dict | None:
     system = _system_text(api, body)
     if "<" not in system:
         return None
+    t = translator(system)
     model = _tag(system, "learner_model")
     concepts = _tag(system, "concepts") or []
     if model is not None and "<evidence>" in system:
@@ -226,11 +267,11 @@ def explainer_script(api: str, body: dict) -> dict | None:
         states = ((model or {}).get("concepts") or {}).items()
         clear = [labels.get(c, c) for c, v in states if float(v.get("mastery", 0)) >= 0.7]
         review = [labels.get(c, c) for c, v in states if float(v.get("mastery", 0)) < 0.7]
-        note = "(Scripted demo note.) We went through how the model decides, one idea at a time."
+        note = t(NOTE)
         if clear:
-            note += " Seemed clear: " + ", ".join(clear) + "."
+            note += t(SEEMED_CLEAR) % {"concepts": t(LIST_SEPARATOR).join(clear)}
         if review:
-            note += " Worth another look: " + ", ".join(review) + "."
+            note += t(ANOTHER_LOOK) % {"concepts": t(LIST_SEPARATOR).join(review)}
         return {"reply": note}
     move = _tag(system, "next_move")
     if move is None:
@@ -246,4 +287,4 @@ def explainer_script(api: str, body: dict) -> dict | None:
                 params = (tool.get("function") or {}).get("parameters") if api == "openai" else tool.get("input_schema")
                 return {"tool_calls": [{"name": "predict", "arguments": schema_instance(params or {})}]}
     asked = "" if results else last_user_text(messages)
-    return {"reply": scripted_move(move, results, concepts, asked)}
+    return {"reply": scripted_move(move, results, concepts, asked, translate=t)}

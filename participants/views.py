@@ -1,6 +1,7 @@
 """The participant's pages. Each view resolves the participant through the gatekeeper, checks the step,
 calls one service and renders or redirects. The server owns the sequence of steps."""
 import mimetypes
+import re
 from datetime import timedelta
 from functools import wraps
 
@@ -9,6 +10,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone, translation
+from django.utils.html import escape
 from django.utils.translation import get_language_from_request
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods
@@ -154,8 +156,14 @@ def participant_page(step: str | None):
             translation.activate(participant.language)
             request.LANGUAGE_CODE = participant.language
             if step is not None and participant.step != step:
-                return HttpResponseRedirect(step_url(participant), status=303 if request.method == "POST" else 302)
-            return view(request, participant, *args, **kwargs)
+                response = HttpResponseRedirect(step_url(participant), status=303 if request.method == "POST" else 302)
+            else:
+                response = view(request, participant, *args, **kwargs)
+            # Back and Forward must ask the server again: a copy kept by the browser shows the page as it was
+            # first rendered (the chat without its last question and reply, an item already answered).
+            if not response.has_header("Cache-Control"):
+                response["Cache-Control"] = "no-store"
+            return response
 
         return wrapper
 
@@ -179,12 +187,48 @@ def _progress(participant: Participant) -> int:
     return round(100 * STEP_ORDER.index(participant.step) / (len(STEP_ORDER) - 1))
 
 
+_IMAGE = re.compile(r'(<a\b[^>]*>\s*)?<img\b[^>]*\bsrc="([^"]+)"[^>]*>')
+_LEAD_HEADING = re.compile(r"\A\s*<h([1-4])>(.*?)</h\1>\s*", re.S)
+_H1 = re.compile(r"<(/?)h1>")
+
+
+def _figures(html: str) -> str:
+    """Make every image a link to itself, with a line under it that says so: a figure shrunk to a phone's width
+    can then be read at its own size (a plain link, so it works under the CSP and without JavaScript)."""
+    hint = escape(_("Tap the figure to enlarge it"))
+
+    def linked(match: re.Match) -> str:
+        if match.group(1):  # the study made the image a link of its own
+            return match.group(0)
+        return (f'<a class="figure" href="{match.group(2)}" target="_blank" rel="noopener">{match.group(0)}</a>'
+                f'<span class="figure-hint">{hint}</span>')
+
+    return _IMAGE.sub(linked, html)
+
+
 def _md(participant: Participant, text: str, source: str = "") -> str:
+    """The study's Markdown as HTML for a page whose <h1> is the page's own: any h1 of the text becomes an h2."""
+    return _H1.sub(r"<\1h2>", _md_raw(participant, text, source))
+
+
+def _md_raw(participant: Participant, text: str, source: str = "") -> str:
     slug = participant.study.slug
-    return render_markdown(
+    return _figures(render_markdown(
         text, source=source,
         asset_url=lambda path: reverse("participants:asset", kwargs={"slug": slug, "path": path}),
-    )
+    ))
+
+
+def _md_headed(participant: Participant, text: str, fallback: str, source: str = "") -> tuple[str, str]:
+    """(heading, body) HTML of study Markdown shown under one <h1>: the text's own first heading when it starts
+    with one (so the page does not say it twice), else `fallback`; every other h1 of the text becomes an h2."""
+    html = _md_raw(participant, text, source)
+    lead = _LEAD_HEADING.match(html)
+    if lead:
+        heading, html = lead.group(2), html[lead.end():]
+    else:
+        heading = escape(fallback)
+    return heading, _H1.sub(r"<\1h2>", html)
 
 
 @require_http_methods(["GET", "POST"])
@@ -206,10 +250,9 @@ def consent(request: HttpRequest, participant: Participant) -> HttpResponse:
         return HttpResponseRedirect(_finish_url(participant), status=303)
     consent_spec = participant.version.spec["consent"]
     protocol = Protocol(participant.version.spec)
+    heading, html = _md_headed(participant, protocol.text(consent_spec["text"], participant.language), _("Consent"))
     return _page(request, "consent.html", _context(
-        participant,
-        consent_html=_md(participant, protocol.text(consent_spec["text"], participant.language)),
-        consent_version=consent_spec["version"],
+        participant, consent_heading=heading, consent_html=html, consent_version=consent_spec["version"],
     ))
 
 
@@ -236,9 +279,11 @@ def _instrument(request: HttpRequest, participant: Participant) -> HttpResponse:
         if error is None:
             return HttpResponseRedirect(step_url(participant), status=303)
     services.page_visit_shown(participant=participant, page=f"{participant.step}:{current.item['id']}")
+    # A rejected answer comes back in its boxes, as it was sent, with its message.
+    submitted = {"answers": request.POST.getlist("answer"), "confidence": request.POST.get("confidence", "")}
     return _page(request, "item.html", _context(
         participant, current=current, item=_item_view(participant, current.item), error=error,
-        submitted=request.POST if error else {},
+        submitted=submitted if error else {},
     ), status=400 if error else 200)
 
 
@@ -315,8 +360,9 @@ def explanation(request: HttpRequest, participant: Participant) -> HttpResponse:
     if chat and chat["usage"]["ended"]:
         min_seconds = 0
     yoked = _yoked_context(participant) if (arm.get("options") or {}).get("yoked_to") else None
+    material_heading, material_html = _md_headed(participant, material, _("Read this explanation"), source=path)
     return _page(request, "explanation.html", _context(
-        participant, arm_kind=arm["kind"], material_html=_md(participant, material, source=path),
+        participant, arm_kind=arm["kind"], material_heading=material_heading, material_html=material_html,
         minutes=reading_minutes(material), error=error, chat=chat, yoked=yoked,
         wait_seconds=max(0, int(min_seconds - waited + 0.999)),
     ), status=400 if error else 200)
@@ -368,8 +414,10 @@ def debrief(request: HttpRequest, participant: Participant) -> HttpResponse:
     protocol = Protocol(participant.version.spec)
     arm = protocol.arms.get(participant.arm) or {}
     show_note = arm.get("options", {}).get("show_meeting_note") and participant.conversation
+    text = protocol.text(protocol.spec["debrief"], participant.language)
+    heading, html = _md_headed(participant, text, _("Thank you"))
     return _page(request, "debrief.html", _context(
-        participant, debrief_html=_md(participant, protocol.text(protocol.spec["debrief"], participant.language)),
+        participant, debrief_heading=heading, debrief_html=html,
         meeting_note=participant.conversation.meeting_note if show_note else "",
     ))
 

@@ -17,14 +17,15 @@
     if (events.first_input_ms === undefined) { events.first_input_ms = Math.round(performance.now() - started); }
   });
 
+  // A page restored from the back/forward cache is the page as it was left: a chat without what happened
+  // since, a form already sent with its buttons disabled. Ask the server for the page as it stands.
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted) { window.location.reload(); }
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     var bar = document.querySelector(".progress span[data-width]");
     if (bar) { bar.style.width = bar.getAttribute("data-width") + "%"; }
-
-    // Figures shrink to fit a phone: a tap opens the full-size image.
-    document.querySelectorAll(".material img").forEach(function (img) {
-      img.addEventListener("click", function () { window.open(img.src, "_blank", "noopener"); });
-    });
 
     document.querySelectorAll("form[data-track]").forEach(function (form) {
       form.addEventListener("submit", function (event) {

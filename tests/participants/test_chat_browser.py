@@ -141,8 +141,7 @@ def test_a_reply_streams_survives_a_reload_and_the_page_matches_the_database(
     csp = [text for kind, text, _url in messages if any(marker in text for marker in CSP_MARKERS)]
     assert not csp, csp
     assert not failed, failed
-    # The browser asks for /favicon.ico on its own; the site has none (a 404 no participant sees).
-    console_errors = [(text, url) for kind, text, url in messages if kind == "error" and not url.endswith("/favicon.ico")]
+    console_errors = [(text, url) for kind, text, url in messages if kind == "error"]
     assert not console_errors, console_errors
     assert not errors, errors
     assert early and later
@@ -170,7 +169,7 @@ def _assert_clean(seen) -> None:
     csp = [text for _kind, text, _url in seen["console"] if any(marker in text for marker in CSP_MARKERS)]
     assert not csp, csp
     assert not seen["failed"], seen["failed"]
-    console_errors = [(t, u) for kind, t, u in seen["console"] if kind == "error" and not u.endswith("/favicon.ico")]
+    console_errors = [(t, u) for kind, t, u in seen["console"] if kind == "error"]
     assert not console_errors, console_errors
     assert not seen["errors"], seen["errors"]
 

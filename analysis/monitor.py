@@ -16,6 +16,7 @@ from datetime import timezone as dt_timezone
 from django.conf import settings
 from django.db import connection
 from django.db.models import Aggregate, Case, Count, F, FloatField, IntegerField, Q, Sum, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from explainers.arms import arm_unavailable_reason
@@ -32,6 +33,10 @@ IDLE_AFTER = timedelta(minutes=30)
 # The steps a participant spends time on (consent has no timed page visit: the clock starts after it).
 TIMED_STEPS = [s for s in STEP_ORDER if s not in (Step.CONSENT, Step.DONE)]
 UNALLOCATED = ""
+# Who a participant is: the monitor counts each apart (participant_group).
+REAL, PILOT, BOT = "real", "pilot", "bot"
+GROUPS = (REAL, PILOT, BOT)
+GROUP_LABELS = {REAL: "Participants", PILOT: "Pilots", BOT: "Bots"}
 
 _S = Participant.Status
 
@@ -58,8 +63,20 @@ def percentile(values: list[float], fraction: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def participant_group(*, is_simulated: bool, is_pilot: bool) -> str:
+    """Return who a participant is on the monitor: a bot (simulated), a pilot, or a real participant."""
+    if is_simulated:
+        return BOT
+    return PILOT if is_pilot else REAL
+
+
 def study_monitor(*, study: Study) -> dict:
-    """Return the monitor's numbers for the whole study (every version, pilots and bots counted and shown).
+    """Return the monitor's numbers for the whole study (every version), real participants apart from bots and pilots.
+
+    `totals`, `arms`, `steps` and `step_times` are over real participants only (neither simulated nor
+    pilot), so they match the participant list filtered to "real participants"; `apart` holds the same
+    counts for bots and for pilots, one section each. What erased participants' calls cost (`ErasedSpend`)
+    carries no flag and is counted with the real participants.
 
     Queries: 6 on PostgreSQL, 7 on SQLite, 4 more when the study file sets budgets (the budget state), and
     one more while an arm that could not run keeps the version paused (the audit row that names it).
@@ -73,19 +90,82 @@ def study_monitor(*, study: Study) -> dict:
     erased = _erased_spend(study)
     step_times = _step_times(study)
 
-    seen = {g["arm"] for g in groups} | set(calls) | set(turns) | set(erased)
+    seen = ({g["arm"] for g in groups} | {a for per in (calls, turns) for a, _ in per} | set(erased))
     for arm_id in sorted(seen - set(arms) - {UNALLOCATED}):  # an arm of an older version
         arms[arm_id] = {"id": arm_id, "kind": "", "label": arm_id, "weight": 0, "available": False,
                         "unavailable_reason": "an arm of an older version"}
 
+    counted = {group: _counts(arms, [g for g in groups if g["group"] == group]) for group in GROUPS}
+    sections = {}
+    for group in GROUPS:
+        totals, per_arm, by_step = counted[group]
+        arm_rows = _arm_rows(arms, per_arm, {a: c for (a, grp), c in calls.items() if grp == group},
+                             {a: t for (a, grp), t in turns.items() if grp == group},
+                             erased if group == REAL else {})
+        all_calls = sum(r["llm_calls"] for r in arm_rows)
+        all_errors = sum(r["llm_errors"] for r in arm_rows)
+        sections[group] = {
+            "group": group,
+            "label": GROUP_LABELS[group],
+            "totals": {
+                "participants": totals["participants"],
+                "active": totals[_S.ACTIVE], "completed": totals[_S.COMPLETED], "declined": totals[_S.DECLINED],
+                "withdrawn": totals[_S.WITHDRAWN], "idle": totals["idle"],
+                # in progress and not yet allocated: not those who declined or withdrew before allocation
+                "unallocated": per_arm[UNALLOCATED][_S.ACTIVE],
+                "llm_calls": all_calls, "llm_errors": all_errors,
+                "error_rate": all_errors / all_calls if all_calls else None,
+                "cost_usd": sum(r["cost_usd"] for r in arm_rows),
+                "cost_unknown_calls": sum(r["cost_unknown_calls"] for r in arm_rows),
+                "tokens": sum(r["tokens"] for r in arm_rows),
+            },
+            "arms": arm_rows,
+            "steps": [
+                {"step": row, "counts": [by_step[row].get(a, 0) for a in [*arms, UNALLOCATED]],
+                 "total": by_step[row]["total"]}
+                for row in by_step
+            ],
+            "step_times": [
+                {"step": step, "median_s": [_seconds(step_times.get((group, a, step))) for a in arms],
+                 "all_s": _seconds(step_times.get((group, None, step))), "n": step_times.get((group, "n", step), 0)}
+                for step in TIMED_STEPS
+            ],
+        }
+    real = sections[REAL]
+    apart = [sections[g] for g in (BOT, PILOT)]
+    unknown_calls = defaultdict(int)  # a model with no price is the study file's problem, whoever called it
+    for section in sections.values():
+        for row in section["arms"]:
+            unknown_calls[row["id"]] += row["cost_unknown_calls"]
+    return {
+        "generated_at": now,
+        "version": None if version is None else {
+            "number": version.number, "state": version.state, "launched_at": version.launched_at,
+        },
+        "idle_after_minutes": int(IDLE_AFTER.total_seconds() // 60),
+        "totals": {
+            **real["totals"],
+            "simulated": sections[BOT]["totals"]["participants"], "pilot": sections[PILOT]["totals"]["participants"],
+            "cost_apart_usd": sum(s["totals"]["cost_usd"] for s in apart),
+        },
+        "warnings": _warnings(study, version, real["arms"], unknown_calls),
+        "arms": real["arms"],
+        "steps": real["steps"],
+        "step_columns": [*arms, UNALLOCATED],
+        "step_times": real["step_times"],
+        "apart": apart,
+        "budget": _budget_state(version),
+    }
+
+
+def _counts(arms: dict, groups: list[dict]):
+    """Sum participant groups into totals, per-arm counts and the step × arm table."""
     totals = defaultdict(int)
     per_arm = {arm_id: defaultdict(int) for arm_id in [*arms, UNALLOCATED]}
     by_step = {row: defaultdict(int) for row in [*STEP_ORDER[:-1], _S.COMPLETED, _S.DECLINED, _S.WITHDRAWN]}
     for g in groups:
         n, arm = g["n"], g["arm"]
         totals["participants"] += n
-        totals["simulated"] += n if g["is_simulated"] else 0
-        totals["pilot"] += n if g["is_pilot"] else 0
         totals[g["status"]] += n
         totals["idle"] += g["idle"]
         row = g["step"] if g["status"] == _S.ACTIVE else g["status"]
@@ -95,10 +175,14 @@ def study_monitor(*, study: Study) -> dict:
         counts["participants"] += n
         counts[g["status"]] += n
         counts["idle"] += g["idle"]
+    return totals, per_arm, by_step
 
+
+def _arm_rows(arms: dict, per_arm: dict, calls: dict, turns: dict, erased: dict) -> list[dict]:
+    """One row per arm: allocation share against the weights, completion, dropout, messages, LLM calls, cost."""
     allocated = sum(per_arm[a]["participants"] for a in arms)
     available_weight = sum(a["weight"] for a in arms.values() if a["available"])
-    arm_rows = []
+    rows = []
     for arm_id, arm in arms.items():
         counts, call, turn = per_arm[arm_id], calls.get(arm_id, {}), turns.get(arm_id, {})
         gone = erased.get(arm_id, {})
@@ -108,7 +192,7 @@ def study_monitor(*, study: Study) -> dict:
         expected = arm["weight"] / available_weight if arm["available"] and available_weight else 0.0
         dropped = counts[_S.WITHDRAWN] + counts["idle"]
         n_calls = call.get("calls", 0)
-        arm_rows.append({
+        rows.append({
             **arm,
             "participants": n,
             "share": n / allocated if allocated else None,
@@ -133,38 +217,7 @@ def study_monitor(*, study: Study) -> dict:
             "erased_cost_usd": float(gone.get("cost") or 0),
             "cost_per_completer_usd": cost / counts[_S.COMPLETED] if counts[_S.COMPLETED] else None,
         })
-    all_calls = sum(r["llm_calls"] for r in arm_rows)
-    all_errors = sum(r["llm_errors"] for r in arm_rows)
-    return {
-        "generated_at": now,
-        "version": None if version is None else {
-            "number": version.number, "state": version.state, "launched_at": version.launched_at,
-        },
-        "idle_after_minutes": int(IDLE_AFTER.total_seconds() // 60),
-        "totals": {
-            "participants": totals["participants"], "simulated": totals["simulated"], "pilot": totals["pilot"],
-            "active": totals[_S.ACTIVE], "completed": totals[_S.COMPLETED], "declined": totals[_S.DECLINED],
-            "withdrawn": totals[_S.WITHDRAWN], "idle": totals["idle"], "unallocated": per_arm[UNALLOCATED]["participants"],
-            "llm_calls": all_calls, "llm_errors": all_errors,
-            "error_rate": all_errors / all_calls if all_calls else None,
-            "cost_usd": sum(r["cost_usd"] for r in arm_rows),
-            "cost_unknown_calls": sum(r["cost_unknown_calls"] for r in arm_rows),
-            "tokens": sum(r["tokens"] for r in arm_rows),
-        },
-        "warnings": _warnings(study, version, arm_rows),
-        "arms": arm_rows,
-        "steps": [
-            {"step": row, "counts": [by_step[row].get(a, 0) for a in [*arms, UNALLOCATED]], "total": by_step[row]["total"]}
-            for row in by_step
-        ],
-        "step_columns": [*arms, UNALLOCATED],
-        "step_times": [
-            {"step": step, "median_s": [_seconds(step_times.get((a, step))) for a in arms],
-             "all_s": _seconds(step_times.get((None, step))), "n": step_times.get(("n", step), 0)}
-            for step in TIMED_STEPS
-        ],
-        "budget": _budget_state(version),
-    }
+    return rows
 
 
 def _seconds(ms):
@@ -201,7 +254,7 @@ def _arms(version: StudyVersion | None) -> dict[str, dict]:
     }
 
 
-def _warnings(study: Study, version: StudyVersion | None, arm_rows: list[dict]) -> list[dict]:
+def _warnings(study: Study, version: StudyVersion | None, arm_rows: list[dict], unknown_calls: dict) -> list[dict]:
     """The banners above the numbers: `level` "error" (red) or "warning", and the text."""
     if version is None:
         return []
@@ -224,24 +277,40 @@ def _warnings(study: Study, version: StudyVersion | None, arm_rows: list[dict]) 
         out.append({"level": "warning", "kind": "waiver", "arm": arm_id,
                     "text": f"Arm {arm_id} was launched anyway: {'; '.join(reasons)}."})
     for row in arm_rows:
-        if row["cost_unknown_calls"]:
+        if unknown_calls.get(row["id"]):
             out.append({"level": "warning", "kind": "cost_unknown", "arm": row["id"],
-                        "text": f"cost unknown for arm {row['id']}: {row['cost_unknown_calls']} calls "
+                        "text": f"cost unknown for arm {row['id']}: {unknown_calls[row['id']]} calls "
                                 f"(no price for its model in the study file)"})
     return out
 
 
 def _participant_groups(study: Study, now) -> list[dict]:
-    return list(
+    rows = list(
         Participant.objects.filter(study=study)
         .values("arm", "step", "status", "is_simulated", "is_pilot")
         .annotate(n=Count("id"), idle=Count("id", filter=Q(status=_S.ACTIVE, last_seen_at__lt=now - IDLE_AFTER)))
         .order_by()
     )
+    for row in rows:
+        row["group"] = participant_group(is_simulated=row["is_simulated"], is_pilot=row["is_pilot"])
+    return rows
 
 
-def _llm_calls(study: Study) -> dict[str, dict]:
-    """Per arm: calls, errors, tokens, cost, and TTFT p50/p95 over the calls that succeeded."""
+# The flags of the participant behind a turn's conversation; a conversation no participant holds counts as
+# real (NULL flags are coalesced in the query, so the database groups them with the real ones).
+_SIMULATED, _PILOT = "conversation__participant__is_simulated", "conversation__participant__is_pilot"
+
+
+def _flag(path: str):
+    return Coalesce(F(path), Value(False))
+
+
+def _group_of(is_simulated, is_pilot) -> str:
+    return participant_group(is_simulated=bool(is_simulated), is_pilot=bool(is_pilot))
+
+
+def _llm_calls(study: Study) -> dict[tuple[str, str], dict]:
+    """Per (arm, group): calls, errors, tokens, cost, and TTFT p50/p95 over the calls that succeeded."""
     calls = LLMCall.objects.filter(turn__conversation__version__study=study)
     ok = Q(status=LLMCall.Status.OK, ttft_ms__isnull=False)
     percentiles = {}
@@ -251,7 +320,8 @@ def _llm_calls(study: Study) -> dict[str, dict]:
             "ttft_p95": PercentileCont("ttft_ms", 0.95, filter=ok),
         }
     rows = (
-        calls.values(arm_id=F("turn__conversation__arm"))
+        calls.values(arm_id=F("turn__conversation__arm"), simulated=_flag(f"turn__{_SIMULATED}"),
+                pilot=_flag(f"turn__{_PILOT}"))
         .annotate(
             calls=Count("id"), errors=Count("id", filter=Q(status=LLMCall.Status.ERROR)),
             input_tokens=Sum("input_tokens"), output_tokens=Sum("output_tokens"), cost=Sum("cost_usd"),
@@ -260,26 +330,32 @@ def _llm_calls(study: Study) -> dict[str, dict]:
         )
         .order_by()
     )
-    out = {row.pop("arm_id"): row for row in rows}
+    out = _by_arm_and_group(rows)
     if not percentiles:  # SQLite: one more query for the values, interpolated here
         values = defaultdict(list)
-        for arm_id, ttft in calls.filter(ok).values_list("turn__conversation__arm", "ttft_ms").order_by():
-            values[arm_id].append(ttft)
-        for arm_id, row in out.items():
-            row["ttft_p50"] = percentile(values[arm_id], 0.5)
-            row["ttft_p95"] = percentile(values[arm_id], 0.95)
+        for arm_id, simulated, pilot, ttft in calls.filter(ok).values_list(
+                "turn__conversation__arm", f"turn__{_SIMULATED}", f"turn__{_PILOT}", "ttft_ms").order_by():
+            values[(arm_id, _group_of(simulated, pilot))].append(ttft)
+        for key, row in out.items():
+            row["ttft_p50"] = percentile(values[key], 0.5)
+            row["ttft_p95"] = percentile(values[key], 0.95)
     return out
 
 
-def _turns(study: Study) -> dict[str, dict]:
-    """Per arm: the participants' messages and the ones whose reply failed."""
+def _by_arm_and_group(rows) -> dict[tuple[str, str], dict]:
+    """Key rows grouped by arm and participant flags by (arm, group)."""
+    return {(row.pop("arm_id"), _group_of(row.pop("simulated"), row.pop("pilot"))): row for row in rows}
+
+
+def _turns(study: Study) -> dict[tuple[str, str], dict]:
+    """Per (arm, group): the participants' messages and the ones whose reply failed."""
     rows = (
         Turn.objects.filter(conversation__version__study=study, author=Turn.Author.PARTICIPANT)
-        .values(arm_id=F("conversation__arm"))
+        .values(arm_id=F("conversation__arm"), simulated=_flag(_SIMULATED), pilot=_flag(_PILOT))
         .annotate(turns=Count("id"), failed=Count("id", filter=Q(status=Turn.Status.FAILED)))
         .order_by()
     )
-    return {row.pop("arm_id"): row for row in rows}
+    return _by_arm_and_group(rows)
 
 
 def _erased_spend(study: Study) -> dict[str, dict]:
@@ -292,47 +368,49 @@ def _erased_spend(study: Study) -> dict[str, dict]:
 
 
 def _step_times(study: Study) -> dict[tuple, float]:
-    """Median time (ms) spent on each step, per arm (key (arm, step)) and over all arms (key (None, step)).
+    """Median time (ms) spent on each step, per group and arm (key (group, arm, step)) and per group over all
+    arms (key (group, None, step)); the groups are those of participant_group.
 
     A participant's time on a step is the sum of `server_ms` over the step's submitted page visits (an
     instrument has one page per item), counted only once they have left the step, so a half-done step
-    does not pull the median down. ("n", step) holds how many participants the median is over.
+    does not pull the median down. (group, "n", step) holds how many participants the median is over.
     """
     visits, participants = PageVisit._meta.db_table, Participant._meta.db_table
     if connection.vendor == "postgresql":
         step = "split_part(v.page, ':', 1)"
     else:
         step = "CASE WHEN instr(v.page, ':') > 0 THEN substr(v.page, 1, instr(v.page, ':') - 1) ELSE v.page END"
+    group = (f"CASE WHEN p.is_simulated THEN '{BOT}' WHEN p.is_pilot THEN '{PILOT}' ELSE '{REAL}' END")
     per_participant = f"""
-        SELECT p.arm AS arm, {step} AS step, SUM(v.server_ms) AS ms
+        SELECT {group} AS grp, p.arm AS arm, {step} AS step, SUM(v.server_ms) AS ms
         FROM {visits} v JOIN {participants} p ON p.id = v.participant_id
         WHERE p.study_id = %s AND v.server_ms IS NOT NULL AND p.step <> {step}
-        GROUP BY v.participant_id, p.arm, {step}
+        GROUP BY v.participant_id, p.arm, p.is_simulated, p.is_pilot, {step}
     """
     out: dict[tuple, float] = {}
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
-                f"SELECT arm, step, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), count(*), GROUPING(arm)"
-                f" FROM ({per_participant}) t GROUP BY GROUPING SETS ((arm, step), (step))",
+                f"SELECT grp, arm, step, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), count(*), GROUPING(arm)"
+                f" FROM ({per_participant}) t GROUP BY GROUPING SETS ((grp, arm, step), (grp, step))",
                 [study.pk],
             )
-            for arm, step_name, median, n, overall in cursor.fetchall():
+            for grp, arm, step_name, median, n, overall in cursor.fetchall():
                 if overall:
-                    out[(None, step_name)] = median
-                    out[("n", step_name)] = n
+                    out[(grp, None, step_name)] = median
+                    out[(grp, "n", step_name)] = n
                 else:
-                    out[(arm, step_name)] = median
+                    out[(grp, arm, step_name)] = median
             return out
         cursor.execute(per_participant, [study.pk])
         values = defaultdict(list)
-        for arm, step_name, ms in cursor.fetchall():
-            values[(arm, step_name)].append(ms)
-            values[(None, step_name)].append(ms)
+        for grp, arm, step_name, ms in cursor.fetchall():
+            values[(grp, arm, step_name)].append(ms)
+            values[(grp, None, step_name)].append(ms)
     for key, ms in values.items():
         out[key] = percentile(ms, 0.5)
-        if key[0] is None:
-            out[("n", key[1])] = len(ms)
+        if key[1] is None:
+            out[(key[0], "n", key[2])] = len(ms)
     return out
 
 

@@ -15,8 +15,18 @@ from django.http import Http404
 
 from explainers.models import LearnerModelSnapshot, LLMCall
 from participants.models import PageVisit, Participant, Response
+from participants.services import identifier_hash
 from studies.models import Membership, Study, StudyVersion
 from studies.selectors import studies_for_researcher
+
+from .monitor import BOT, PILOT, REAL
+
+# Who a participant is, as the monitor counts them (analysis.monitor.participant_group): the filters of each.
+PARTICIPANT_GROUPS = {
+    REAL: {"is_simulated": False, "is_pilot": False},
+    BOT: {"is_simulated": True},
+    PILOT: {"is_simulated": False, "is_pilot": True},
+}
 
 def _current_versions():
     """The version researchers look at, per study: the open (live or paused) one, else the newest."""
@@ -58,9 +68,15 @@ PARTICIPANT_LIST_FIELDS = (
 
 def participants_for_study(*, study: Study, arm: str | None = None, step: str | None = None,
                            status: str | None = None, is_simulated: bool | None = None,
-                           is_pilot: bool | None = None):
-    """Return the study's participants, filtered, ordered by id, with what the participant list shows."""
+                           is_pilot: bool | None = None, group: str | None = None):
+    """Return the study's participants, filtered, ordered by id, with what the participant list shows.
+
+    `group` is a key of PARTICIPANT_GROUPS ("real", "bot", "pilot"): the participants the monitor counts
+    under that name.
+    """
     qs = Participant.objects.filter(study=study)
+    if group:
+        qs = qs.filter(**PARTICIPANT_GROUPS[group])
     if arm:
         qs = qs.filter(arm=arm)
     if step:
@@ -72,6 +88,21 @@ def participants_for_study(*, study: Study, arm: str | None = None, step: str | 
     if is_pilot is not None:
         qs = qs.filter(is_pilot=is_pilot)
     return qs.select_related("version").only(*PARTICIPANT_LIST_FIELDS).order_by("id")
+
+
+def participant_find_by_pid(*, study: Study, pid: str) -> Participant | None:
+    """Return the study's participant who entered with this recruiter id (Prolific PID), or None.
+
+    The PID is hashed with the key the entry stored it under (participants.services.identifier_hash) and
+    only the hash is compared: the PID itself is never stored, and callers must not log it. None also for
+    a participant whose hash was cleared after PID_HASH_RETENTION_DAYS, and for pilots and bots (they
+    entered without one). One query.
+    """
+    pid = pid.strip()
+    if not pid:
+        return None
+    return (Participant.objects.filter(study=study, pid_hash=identifier_hash(pid))
+            .select_related("version").only(*PARTICIPANT_LIST_FIELDS).first())
 
 
 def _counter(key: str):

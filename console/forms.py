@@ -3,6 +3,7 @@ from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 
+from console.models import ApiToken
 from participants.models import STEP_ORDER, Participant
 from studies.models import Membership
 
@@ -61,12 +62,16 @@ class DiffForm(forms.Form):
     b = forms.IntegerField(min_value=1, label="to version")
 
 
+PARTICIPANT_GROUPS = [("", "anyone"), ("real", "real participants"), ("bot", "bots"), ("pilot", "pilots")]
+
+
 class ParticipantFilterForm(forms.Form):
     """The participant list's filters; an empty choice means 'any'."""
 
     arm = forms.ChoiceField(required=False)
     step = forms.ChoiceField(required=False, choices=[("", "any step"), *[(s, s) for s in STEP_ORDER]])
     status = forms.ChoiceField(required=False, choices=[("", "any status"), *Participant.Status.choices])
+    group = forms.ChoiceField(required=False, choices=PARTICIPANT_GROUPS, label="Who")
 
     def __init__(self, *args, arms: list[str], **kwargs):
         super().__init__(*args, **kwargs)
@@ -75,7 +80,26 @@ class ParticipantFilterForm(forms.Form):
     def filters(self) -> dict:
         """Return the chosen filters as keyword arguments (None for 'any'); call after is_valid()."""
         data = self.cleaned_data if self.is_bound and self.is_valid() else {}
-        return {name: data.get(name) or None for name in ("arm", "step", "status")}
+        return {name: data.get(name) or None for name in ("arm", "step", "status", "group")}
+
+
+class ParticipantFindForm(forms.Form):
+    """A recruiter's participant id to look up. Posted, never in a URL; shown back to nobody."""
+
+    pid = forms.CharField(
+        max_length=200, strip=True, label="Prolific ID",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "off"}),
+    )
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, strip=True, help_text="what the token is for, e.g. “nightly export”")
+    scope = forms.ChoiceField(choices=ApiToken.Scope.choices, initial=ApiToken.Scope.READ,
+                              help_text="read: GET only; write: may also change studies")
+
+
+class ApiTokenRevokeForm(forms.Form):
+    token = forms.IntegerField(min_value=1, max_value=2**63 - 1)
 
 
 class JobForm(forms.Form):

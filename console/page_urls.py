@@ -26,6 +26,10 @@ urlpatterns = [
     )), name="password_change"),
     path("password/done/", _account(auth_views.PasswordChangeDoneView.as_view(
         template_name="console/password_change_done.html")), name="password_change_done"),
+    # Under "account/", not beside the study pages: a study may be called "tokens", and no study page is
+    # <slug>/tokens/, so these never shadow one (a study called "account" keeps its own pages).
+    path("account/tokens/", views.api_tokens, name="api_tokens"),
+    path("account/tokens/revoke/", views.api_token_revoke, name="api_token_revoke"),
     path("", views.study_list, name="study_list"),
     path("upload/", views.study_upload, name="study_upload"),
     path("<slug:slug>/", views.study_detail, name="study"),
@@ -41,6 +45,7 @@ urlpatterns = [
     path("<slug:slug>/monitor/", views.monitor, name="monitor"),
     path("<slug:slug>/monitor/live/", views.monitor_live, name="monitor_live"),
     path("<slug:slug>/participants/", views.participant_list, name="participants"),
+    path("<slug:slug>/participants/find/", views.participant_find, name="participant_find"),  # before <pseudonym>
     path("<slug:slug>/participants/<str:pseudonym>/", views.transcript, name="transcript"),
     path("<slug:slug>/participants/<str:pseudonym>/erase/", views.participant_erase, name="participant_erase"),
     path("<slug:slug>/yoked/", screening_views.screenings, name="screenings"),

@@ -6,6 +6,7 @@ Buttons a role cannot use are not shown, and the server checks the role again wh
 """
 from urllib.parse import quote
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.core.exceptions import PermissionDenied
@@ -13,12 +14,15 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.utils.cache import add_never_cache_headers
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from analysis import selectors as analysis_selectors
 from console import accounts
 from console import services as console_services
-from console.models import Job
+from console import selectors as console_selectors
+from console.models import ApiToken, Job
 from explainers.arms import arm_unavailable_reason, launch_problems
 from explainers.launch import LaunchRefused, study_launch_checked
 from explainers.probe import version_llm_check
@@ -31,8 +35,8 @@ from studies.spec import StudyFileInvalid
 
 from .access import researcher_view
 from .bots import BotsRefused, bots_run_get, bots_run_latest, bots_run_start
-from .forms import (DiffForm, JobForm, MemberForm, MemberRemoveForm, MemberUnlockForm, ParticipantFilterForm, StateForm,
-                    StudyUploadForm)
+from .forms import (ApiTokenForm, ApiTokenRevokeForm, DiffForm, JobForm, MemberForm, MemberRemoveForm, MemberUnlockForm,
+                    ParticipantFilterForm, ParticipantFindForm, StateForm, StudyUploadForm)
 from .logins import UnlockRefused, login_locked_until, login_unlock
 from .monitoring import monitor_get
 
@@ -83,6 +87,48 @@ class PasswordChangeView(auth_views.PasswordChangeView):
             response = super().form_valid(form)
         messages.success(self.request, tokens_revoked_text(active))
         return response
+
+
+@require_http_methods(["GET", "POST"])
+@researcher_view(needs="account")
+def api_tokens(request: HttpRequest) -> HttpResponse:
+    """The account's API tokens; POST creates one and shows its key on this answer only (it is not stored).
+
+    The key is rendered, not redirected with: a redirect would have to keep it somewhere (the session, a
+    cookie) until the next page. The answer is marked no-store so no cache keeps it either.
+    """
+    form = ApiTokenForm(request.POST if request.method == "POST" else None)
+    created, status = None, 200
+    if form.is_bound:
+        if form.is_valid():
+            created, key = console_services.api_token_create(
+                user=request.user, name=form.cleaned_data["name"], scope=form.cleaned_data["scope"]
+            )
+            created.key = key
+            form, status = ApiTokenForm(), 201
+        else:
+            status = 400
+    response = render(request, "console/tokens.html", {
+        "tokens": console_selectors.api_tokens_for_user(user=request.user), "form": form, "created": created,
+    }, status=status)
+    add_never_cache_headers(response)
+    return response
+
+
+@require_POST
+@researcher_view(needs="account")
+def api_token_revoke(request: HttpRequest) -> HttpResponse:
+    """Revoke one of the account's own tokens (any other id is "no such token", whoever holds it)."""
+    form = ApiTokenRevokeForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise ApiToken.DoesNotExist
+        token = console_services.api_token_revoke(user=request.user, token_id=form.cleaned_data["token"])
+    except ApiToken.DoesNotExist:
+        messages.error(request, "No such active token of yours.")
+    else:
+        messages.success(request, f"Revoked the token “{token.name}” ({token.prefix}…): it answers 401 from now on.")
+    return _see_other(reverse("console:api_tokens"))
 
 
 # --- the study list and uploads -------------------------------------------------------------------
@@ -382,6 +428,35 @@ def monitor_live(request: HttpRequest, slug: str, study) -> HttpResponse:
 @require_GET
 @researcher_view(needs="data")
 def participant_list(request: HttpRequest, slug: str, study) -> HttpResponse:
+    return render(request, "console/participants.html", _participant_list_context(request, study))
+
+
+@require_POST
+@sensitive_post_parameters("pid")  # masked in Django's error reports, should the view ever fail
+@researcher_view(needs="data")
+def participant_find(request: HttpRequest, slug: str, study) -> HttpResponse:
+    """Find the participant who entered with a Prolific ID (posted: the PID is in no URL, log or page).
+
+    Shown above the list: their row, a link to the transcript and, for owners, the erase button. The
+    PID is only hashed (analysis.selectors.participant_find_by_pid) and the form is not filled in again.
+    """
+    form = ParticipantFindForm(request.POST)
+    if not form.is_valid():
+        response = render(request, "console/participants.html", _participant_list_context(
+            request, study, find_form=form, find_done=False), status=400)
+    else:
+        found = analysis_selectors.participant_find_by_pid(study=study, pid=form.cleaned_data["pid"])
+        if found is not None:
+            integrity = analysis_selectors.participant_integrity(participant_ids=[found.pk])
+            found.flags = _flags(found, integrity.get(found.pk))
+        response = render(request, "console/participants.html", _participant_list_context(
+            request, study, find_done=True, found=found))
+    add_never_cache_headers(response)
+    return response
+
+
+def _participant_list_context(request: HttpRequest, study, **extra) -> dict:
+    """The participant list (filters from the query string) and the find-by-PID form."""
     arms = _arm_ids(study)
     form = ParticipantFilterForm(request.GET or None, arms=arms)
     filters = form.filters()
@@ -393,10 +468,12 @@ def participant_list(request: HttpRequest, slug: str, study) -> HttpResponse:
     for p in participants:
         p.flags = _flags(p, integrity.get(p.pk))
     query = {k: v for k, v in filters.items() if v}
-    return render(request, "console/participants.html", _study_context(
+    return _study_context(
         study, form=form, page=page, rows=participants,
         filter_query="&".join(f"{k}={quote(v)}" for k, v in query.items()),
-    ))
+        find_form=extra.pop("find_form", None) or ParticipantFindForm(),
+        pid_retention_days=settings.PID_HASH_RETENTION_DAYS, **extra,
+    )
 
 
 HIDDEN_FLAG_MS = 60_000  # away from the tab for over a minute in all: worth a look, not proof of anything

@@ -36,6 +36,20 @@ def test_every_researcher_url_declares_what_it_needs():
     assert not slugless, f"study-scoped views without a <slug:slug> in their URL: {slugless}"
 
 
+# The researcher's everyday tasks (issue 16): each page or operation and what it must declare. The matrix
+# below covers them like every other route; this table makes sure they exist and say the right thing.
+EVERYDAY = {
+    "console/account/tokens/": ACCOUNT,               # list and create API tokens (the key shown once)
+    "console/account/tokens/revoke/": ACCOUNT,        # revoke one of one's own tokens
+    "console/<slug:slug>/participants/find/": "data",  # find a participant by Prolific ID (POST)
+}
+
+
+def test_the_everyday_pages_are_in_the_matrix_with_the_needs_they_must_declare():
+    declared = {route: view_needs(pattern.callback) for ns, route, pattern in researcher_routes() if ns == "console"}
+    assert {route: declared.get(route) for route in EVERYDAY} == EVERYDAY
+
+
 def test_every_api_view_is_in_the_schema():
     documented = {re.sub(r"\{[^}]+\}", "{}", path) for path, _ in api_operations()}
     routes = {re.sub(r"<[^>]+>", "{}", "/" + route) for ns, route, p in researcher_routes()

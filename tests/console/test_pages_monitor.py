@@ -16,6 +16,9 @@ from test_monitor_queries import three_arms
 
 pytestmark = pytest.mark.django_db
 
+# The monitor's tiles, arm table, steps and median times are over real participants (test_monitor_groups.py).
+REAL = Participant.objects.filter(is_simulated=False, is_pilot=False)
+
 
 @pytest.fixture
 def busy_study(launch):
@@ -29,7 +32,7 @@ def test_every_role_sees_the_monitor_and_it_polls_a_fragment(busy_study, as_role
         client = as_role(busy_study.study, role)
         html = assert_strict_page(client.get("/console/loan-approval/monitor/"))
         assert 'hx-get="/console/loan-approval/monitor/live/"' in html and 'hx-trigger="every 5s"' in html
-        assert f'data-total="participants">{Participant.objects.count()}<' in html
+        assert f'data-total="participants">{REAL.count()}<' in html  # bots and pilots apart
     fragment = client.get("/console/loan-approval/monitor/live/", headers={"HX-Request": "true"})
     html = assert_strict_page(fragment, fragment=True)
     assert html.lstrip().startswith('<div id="monitor-live"') and "<html" not in html
@@ -43,7 +46,7 @@ def test_the_viewer_has_no_link_to_participants_data(busy_study, as_role):
 
 def test_the_numbers_are_the_databases(busy_study):
     m = study_monitor(study=busy_study.study)
-    people = list(Participant.objects.filter(study=busy_study.study).values("arm", "status", "step", "last_seen_at"))
+    people = list(REAL.filter(study=busy_study.study).values("arm", "status", "step", "last_seen_at"))
     status = Counter(p["status"] for p in people)
     assert m["totals"]["participants"] == len(people)
     assert {k: m["totals"][k] for k in ("active", "completed", "declined", "withdrawn")} == {
@@ -58,7 +61,7 @@ def test_the_numbers_are_the_databases(busy_study):
         idle = sum(p["status"] == "active" and p["last_seen_at"] < cutoff for p in mine)
         withdrawn = sum(p["status"] == "withdrawn" for p in mine)
         assert arm["dropout_rate"] == pytest.approx((idle + withdrawn) / len(mine))
-        calls = LLMCall.objects.filter(turn__conversation__arm=arm_id)
+        calls = LLMCall.objects.filter(turn__conversation__arm=arm_id, turn__conversation__participant__in=REAL)
         assert arm["llm_calls"] == calls.count()
         assert arm["llm_errors"] == calls.filter(status="error").count()
         ttft = list(calls.filter(status="ok").values_list("ttft_ms", flat=True))
@@ -66,7 +69,8 @@ def test_the_numbers_are_the_databases(busy_study):
             assert arm["ttft_p50_ms"] == pytest.approx(np.percentile(ttft, 50))
             assert arm["ttft_p95_ms"] == pytest.approx(np.percentile(ttft, 95))
             assert arm["cost_usd"] == pytest.approx(float(sum(c.cost_usd or 0 for c in calls)))
-        assert arm["turns"] == Turn.objects.filter(conversation__arm=arm_id, author="participant").count()
+        assert arm["turns"] == Turn.objects.filter(conversation__arm=arm_id, author="participant",
+                                                   conversation__participant__in=REAL).count()
     assert arms["chat"]["llm_calls"] > 0 and arms["tutor"]["llm_calls"] == 0
     # where people are: every participant in exactly one row
     assert sum(row["total"] for row in m["steps"]) == len(people)
@@ -78,7 +82,7 @@ def test_the_median_time_per_step_counts_only_participants_who_left_the_step(bus
     m = study_monitor(study=busy_study.study)
     by_step = {row["step"]: row for row in m["step_times"]}
     per_participant = {}
-    for v in PageVisit.objects.filter(server_ms__isnull=False).select_related("participant"):
+    for v in PageVisit.objects.filter(server_ms__isnull=False, participant__in=REAL).select_related("participant"):
         step = v.page.split(":")[0]
         if v.participant.step == step:
             continue
@@ -92,7 +96,7 @@ def test_the_median_time_per_step_counts_only_participants_who_left_the_step(bus
 def test_a_participant_not_seen_for_half_an_hour_counts_as_dropped_out(launch):
     version = launch(three_arms)
     study_populate(version, 30, seed=11)
-    active = Participant.objects.filter(status="active")
+    active = REAL.filter(status="active")
     Participant.objects.update(last_seen_at=timezone.now())
     before = study_monitor(study=version.study)["totals"]["idle"]
     active.update(last_seen_at=timezone.now() - IDLE_AFTER - timedelta(minutes=1))

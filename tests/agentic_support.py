@@ -5,10 +5,7 @@ the turn is settled (an agentic turn takes several: the learner-model update, to
 """
 import json
 import re
-from contextlib import contextmanager
 
-import pytest
-from django.conf import settings as django_settings
 from django.db import transaction
 
 from explainers import services
@@ -40,19 +37,6 @@ def agentic_arms(data, arms=ARMS, yoked=False) -> None:
         new.append(arm)
     data["arms"] = new
     data["allocation"]["block_size"] = len(new)
-
-
-@pytest.fixture
-def in_process(monkeypatch):
-    """Run the worker's services inside the test's transaction, on a flushed Redis test database."""
-    import redis
-
-    @contextmanager
-    def keep_connection():
-        yield
-
-    monkeypatch.setattr(services, "_db", keep_connection)
-    redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
 
 
 def run(turn_id: int, limit: int = 12) -> str:

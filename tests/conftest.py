@@ -135,6 +135,44 @@ def turns_settled(turns) -> bool:
     return Turn.objects.filter(pk__in=ids, status__in=(Turn.Status.ANSWERED, Turn.Status.FAILED)).count() == len(ids)
 
 
+class _KeepOpen:
+    """`django.db.connection`, except that close() leaves the test's transaction alone."""
+
+    def close(self):
+        pass
+
+    def __getattr__(self, name):
+        from django.db import connection
+
+        return getattr(connection, name)
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Let the worker's services (`reply_generate`) and the event stream run inside the test's transaction.
+
+    The worker gives its database connection back after every step (`services._db` closes it), and so does
+    the event stream; inside the test's atomic block that would close the test's own connection. That is
+    worker plumbing, not what such tests check. Stale Redis leases of an earlier run (turn ids restart with
+    every test database) would make `reply_generate` answer "busy": the test Redis database is flushed first.
+    """
+    from contextlib import contextmanager
+
+    import redis
+    from django.conf import settings as django_settings
+
+    from explainers import services as explainer_services
+    from participants import chat_views
+
+    @contextmanager
+    def keep_connection():
+        yield
+
+    monkeypatch.setattr(explainer_services, "_db", keep_connection)
+    monkeypatch.setattr(chat_views, "connection", _KeepOpen())
+    redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
+
+
 @pytest.fixture
 def enter():
     """Return a function that enters a study as a participant through the study link.

@@ -8,12 +8,10 @@ import hashlib
 import json
 import re
 import zipfile
-from contextlib import contextmanager
 from io import BytesIO
 
 import pandas as pd
 import pytest
-from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
@@ -35,16 +33,8 @@ EMAIL = re.compile(rb"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+\.[A-Za-z0-9.-]+")
 
 
 @pytest.fixture(autouse=True)
-def _in_process_replies(monkeypatch):
-    """Run `reply_generate` inside the test's transaction (see tests/participants/test_chat.py)."""
-    import redis
-
-    @contextmanager
-    def keep_connection():
-        yield
-
-    monkeypatch.setattr(explainer_services, "_db", keep_connection)
-    redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
+def _in_process_replies(in_process):
+    """Replies run inside the test's transaction (conftest's `in_process`)."""
 
 
 def _token(client, version) -> str:

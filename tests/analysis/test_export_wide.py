@@ -5,17 +5,14 @@ different policies, the tutor's participants chat); one leaves after the pre-tes
 Every value of `participants_wide` is then recomputed from the long tables the same export wrote.
 """
 import json
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 import pytest
-from django.conf import settings as django_settings
 
 from analysis import frames as F
 from analysis.codebook import TABLE_NAMES, TABLES, WIDE, WIDE_FIXED, wide_column_names, wide_table
 from analysis.export import study_export
-from explainers import services as explainer_services
 from participants.models import Participant
 
 FORMATS = ("csv", "parquet", "jsonl")
@@ -24,16 +21,8 @@ SCALE = {"id": "attitude", "items": ["q_understand", "q_trust"], "scoring": "mea
 
 
 @pytest.fixture(autouse=True)
-def _in_process_replies(monkeypatch):
-    """Run replies inside the test's transaction (see tests/analysis/test_export.py)."""
-    import redis
-
-    @contextmanager
-    def keep_connection():
-        yield
-
-    monkeypatch.setattr(explainer_services, "_db", keep_connection)
-    redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
+def _in_process_replies(in_process):
+    """Replies run inside the test's transaction (conftest's `in_process`)."""
 
 
 def static_and_tutor_with_a_scale(data) -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from agentic_support import agentic_arms, conversation_calls, converse, final_replies, in_process, reply_systems, sections  # noqa: F401
+from agentic_support import agentic_arms, conversation_calls, converse, final_replies, reply_systems, sections
 from explainers.arms.agentic import ACT_INSTRUCTIONS, MODEL_NOTE, OPENING_CUE, ROLE_ANSWER_ONLY, ROLE_PROACTIVE, _model_brief
 from explainers.models import Turn
 from studies.spec import StudyFileInvalid, study_file_read

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from agentic_support import agentic_arms, answer_last_check, conversation_calls, converse, in_process, wrapup  # noqa: F401
+from agentic_support import agentic_arms, answer_last_check, conversation_calls, converse, wrapup
 from conftest import hex_pid
 from explainers import services
 from explainers.arms.agentic import OPENING_CUE, TOOL_ROUNDS_MAX

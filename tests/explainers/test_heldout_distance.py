@@ -8,7 +8,7 @@ import math
 import pytest
 from django.db import transaction
 
-from agentic_support import agentic_arms, answer_last_check, conversation_calls, converse, in_process, pretest  # noqa: F401
+from agentic_support import agentic_arms, answer_last_check, conversation_calls, converse, pretest
 from conftest import EXAMPLE
 from explainers import services
 from explainers.tools import REFUSED, target_tools

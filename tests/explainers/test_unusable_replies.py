@@ -2,7 +2,7 @@
 the move's template, and every call says why."""
 import pytest
 
-from agentic_support import agentic_arms, converse, in_process, wrapup  # noqa: F401
+from agentic_support import agentic_arms, converse, wrapup
 from explainers import services
 from explainers.models import Conversation
 from explainers.arms.agentic import OPENING_CUE, RETRY_TEMPERATURE

@@ -7,7 +7,6 @@ covered by the worker and browser tests.
 import json
 import re
 import warnings
-from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
 
@@ -18,7 +17,6 @@ from django.test import Client
 from conftest import chat_only
 from explainers import services as explainer_services
 from explainers.models import Conversation, LLMCall, Turn
-from participants import chat_views
 from participants.models import Participant, Step
 
 PID = "PID0000000000000000000001"
@@ -30,39 +28,9 @@ PRICES = {"input_per_mtok": Decimal("0.15"), "output_per_mtok": Decimal("0.60")}
 pytestmark = pytest.mark.django_db
 
 
-class _KeepOpen:
-    """`django.db.connection`, except that close() leaves the test's transaction alone."""
-
-    def close(self):
-        pass
-
-    def __getattr__(self, name):
-        from django.db import connection
-
-        return getattr(connection, name)
-
-
 @pytest.fixture(autouse=True)
-def _in_process_replies(monkeypatch):
-    """Let `reply_generate` run inside the test's transaction.
-
-    The worker gives its database connection back after every step (`services._db` closes it), and so
-    does the event stream; inside the test's atomic block that would close the test's own connection. The semaphore and the
-    close are worker plumbing, not what these tests check. Stale Redis leases of an earlier run (turn
-    ids restart with every test database) would make `reply_generate` answer "busy": clear the test
-    Redis database first.
-    """
-    import redis
-
-    @contextmanager
-    def keep_connection():
-        yield
-
-    monkeypatch.setattr(explainer_services, "_db", keep_connection)
-    # The event stream gives its connection back too (an open stream holds none); same reason.
-    if hasattr(chat_views, "connection"):
-        monkeypatch.setattr(chat_views, "connection", _KeepOpen())
-    redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
+def _in_process_replies(in_process):
+    """Replies run inside the test's transaction (conftest's `in_process`)."""
 
 
 def _edit(**limits):

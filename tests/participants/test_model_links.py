@@ -1,14 +1,11 @@
 """Links the model writes are plain text unless the study allows them (`display.model_links`)."""
 import json
 import warnings
-from contextlib import contextmanager
 
 import pytest
-from django.conf import settings as django_settings
 
 from conftest import chat_only
 from explainers import services as explainer_services
-from participants import chat_views
 from participants.chat_display import reply_html
 from participants.models import Participant, Step
 from studies.spec import StudyFileInvalid, model_links_allowed, study_file_read
@@ -19,28 +16,9 @@ REPLY = "Read [the bank's guide](https://bank.example.com/guide) or https://bare
 LINKED = '<a href="https://bank.example.com/guide" rel="noopener noreferrer nofollow">the bank\'s guide</a>'
 
 
-class _KeepOpen:
-    def close(self):
-        pass
-
-    def __getattr__(self, name):
-        from django.db import connection
-
-        return getattr(connection, name)
-
-
 @pytest.fixture(autouse=True)
-def _in_process(monkeypatch):
-    """Run the reply inside the test's transaction (the worker's connection handling is not what is tested)."""
-    import redis
-
-    @contextmanager
-    def keep_connection():
-        yield
-
-    monkeypatch.setattr(explainer_services, "_db", keep_connection)
-    monkeypatch.setattr(chat_views, "connection", _KeepOpen())
-    redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
+def _in_process(in_process):
+    """Replies run inside the test's transaction (conftest's `in_process`)."""
 
 
 def _chat_with_a_linked_reply(launch, fake_llm, enter, step_through, study_display=None, arm_display=None):

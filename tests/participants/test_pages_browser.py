@@ -9,10 +9,8 @@ when /usr/bin/chromium is missing. The others use Django's test client.
 import json
 import re
 import uuid
-from contextlib import contextmanager
 
 import pytest
-from django.conf import settings as django_settings
 from django.db import transaction
 from django.test import Client
 
@@ -436,19 +434,6 @@ def test_the_favicon_answers_and_every_participant_page_links_it(live_study, ent
 
 
 # --------------------------------------------------------------------------- 6, 7: check questions, the scripted model
-
-
-@pytest.fixture
-def in_process(monkeypatch):
-    """Run the worker's services inside the test's transaction, on a flushed Redis test database."""
-    import redis
-
-    @contextmanager
-    def keep_connection():
-        yield
-
-    monkeypatch.setattr(explainer_services, "_db", keep_connection)
-    redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
 
 
 def _settle(turn_id: int) -> None:

@@ -1,7 +1,7 @@
 """A yoked static arm: the n-th participant of the arm reads the n-th agentic transcript to have ended."""
 import pytest
 
-from agentic_support import agentic_arms, converse, in_process  # noqa: F401
+from agentic_support import agentic_arms, converse
 from explainers.services import conversation_end
 from participants.models import Participant, Step
 from studies.models import StudyVersion

@@ -16,7 +16,7 @@ from datetime import timezone as dt_timezone
 from django.conf import settings
 from django.db import connection
 from django.db.models import Aggregate, Case, Count, F, FloatField, IntegerField, Q, Sum, Value, When
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncWeek
 from django.utils import timezone
 
 from explainers.arms import arm_unavailable_reason
@@ -78,8 +78,10 @@ def study_monitor(*, study: Study) -> dict:
     counts for bots and for pilots, one section each. What erased participants' calls cost (`ErasedSpend`)
     carries no flag and is counted with the real participants.
 
-    Queries: 6 on PostgreSQL, 7 on SQLite, 4 more when the study file sets budgets (the budget state), and
-    one more while an arm that could not run keeps the version paused (the audit row that names it).
+    `timeline` and `charts` are the same real participants and their LLM calls over time (`_timeline`).
+
+    Queries: 8 on PostgreSQL, 10 on SQLite (the timeline adds 2 and 3 of them), 4 more when the study file
+    sets budgets (the budget state), and one more while an arm that could not run keeps the version paused (the audit row that names it).
     """
     now = timezone.now()
     version = _version_shown(study)
@@ -89,6 +91,7 @@ def study_monitor(*, study: Study) -> dict:
     turns = _turns(study)
     erased = _erased_spend(study)
     step_times = _step_times(study)
+    timeline = _timeline(study, now, list(arms))
 
     seen = ({g["arm"] for g in groups} | {a for per in (calls, turns) for a, _ in per} | set(erased))
     for arm_id in sorted(seen - set(arms) - {UNALLOCATED}):  # an arm of an older version
@@ -155,6 +158,8 @@ def study_monitor(*, study: Study) -> dict:
         "step_times": real["step_times"],
         "apart": apart,
         "budget": _budget_state(version),
+        "timeline": timeline,
+        "charts": _charts(timeline),
     }
 
 
@@ -424,6 +429,201 @@ def _budget_state(version: StudyVersion | None):
     from participants.selectors import study_budget_state
 
     return study_budget_state(version=version)
+
+
+# --- over time: the charts ------------------------------------------------------------------------
+
+# The bin of the timeline from the study's age: hours for two days, days for 90, weeks after that.
+_BINS = (
+    (timedelta(days=2), "hour", TruncHour, timedelta(hours=1)),
+    (timedelta(days=90), "day", TruncDay, timedelta(days=1)),
+    (None, "week", TruncWeek, timedelta(weeks=1)),
+)
+
+
+MAX_BINS = 200
+
+
+def _bin_unit(study: Study, now):
+    age = now - study.created_at
+    return next((unit, trunc, step) for limit, unit, trunc, step in _BINS if limit is None or age <= limit)
+
+
+def _timeline(study: Study, now, arm_ids: list[str]) -> dict:
+    """Real participants and their LLM calls per arm and time bin (UTC), counted by the database.
+
+    Per arm: `allocated`, `completed` and `dropped` are cumulative counts at the end of each bin (allocated
+    at `allocated_at`, completed at `completed_at`, dropped out — withdrew, or idle for IDLE_AFTER — at
+    `last_seen_at`, as the table counts them); `ttft_p50_ms` is the median time to the first token of the bin's
+    successful calls (None without one), `llm_calls` and `llm_errors` the bin's calls and errors (by `started_at`).
+
+    Queries: 2 on PostgreSQL (the participants' three counts in one UNION, the LLM calls), 3 on SQLite (the
+    TTFT values, interpolated here as in `_llm_calls`).
+    """
+    unit, trunc, step = _bin_unit(study, now)
+    real = Participant.objects.filter(study=study, is_simulated=False, is_pilot=False).exclude(arm=UNALLOCATED)
+
+    def counted(kind: str, field: str, condition: Q):
+        return (real.filter(condition, **{f"{field}__isnull": False})
+                .values("arm", bin=trunc(field, tzinfo=dt_timezone.utc), kind=Value(kind))
+                .annotate(n=Count("id")).order_by())
+
+    dropped = Q(status=_S.WITHDRAWN) | Q(status=_S.ACTIVE, last_seen_at__lt=now - IDLE_AFTER)
+    people = counted("allocated", "allocated_at", Q()).union(
+        counted("completed", "completed_at", Q(status=_S.COMPLETED)),
+        counted("dropped", "last_seen_at", dropped), all=True)
+    counts = {(row["kind"], row["arm"], _utc(row["bin"])): row["n"] for row in people}
+
+    ok = Q(status=LLMCall.Status.OK, ttft_ms__isnull=False)
+    calls = (LLMCall.objects.filter(turn__conversation__version__study=study)
+             .alias(simulated=_flag(f"turn__{_SIMULATED}"), pilot=_flag(f"turn__{_PILOT}"))
+             .filter(simulated=False, pilot=False))
+    postgres = connection.vendor == "postgresql"
+    per_bin = {}
+    for row in (calls.values(arm_id=F("turn__conversation__arm"), bin=trunc("started_at", tzinfo=dt_timezone.utc))
+                .annotate(calls=Count("id"), errors=Count("id", filter=Q(status=LLMCall.Status.ERROR)),
+                          **({"ttft_p50": PercentileCont("ttft_ms", 0.5, filter=ok)} if postgres else {}))
+                .order_by()):
+        per_bin[(row["arm_id"], _utc(row["bin"]))] = row
+    if not postgres:  # SQLite: the values, interpolated here
+        values = defaultdict(list)
+        for arm_id, when, ttft in (calls.filter(ok).values_list("turn__conversation__arm",
+                                   trunc("started_at", tzinfo=dt_timezone.utc), "ttft_ms").order_by()):
+            values[(arm_id, _utc(when))].append(ttft)
+        for key, row in per_bin.items():
+            row["ttft_p50"] = percentile(values[key], 0.5)
+
+    arms = [*arm_ids, *sorted(({a for _, a, _ in counts} | {a for a, _ in per_bin}) - set(arm_ids))]
+    seen = [when for *_, when in counts] + [when for _, when in per_bin]
+    if not seen:
+        return {"unit": unit, "bins": [], "arms": arms}
+    end = max(_utc(_truncate(now, unit)), max(seen))
+    when = max(min(seen), end - (MAX_BINS - 1) * step)  # the earliest bins are left off past MAX_BINS
+    bins = []
+    while when <= end:
+        bins.append(when)
+        when += step
+    series = {"unit": unit, "bins": bins, "arms": arms}
+    for kind in ("allocated", "completed", "dropped"):
+        series[kind] = {}
+        for arm in arms:
+            total = sum(n for (k, a, at), n in counts.items() if k == kind and a == arm and at < bins[0])
+            cumulative = []
+            for when in bins:
+                total += counts.get((kind, arm, when), 0)
+                cumulative.append(total)
+            series[kind][arm] = cumulative
+    llm_arms = [a for a in arms if any(k[0] == a for k in per_bin)]
+    for key, field, empty in (("llm_calls", "calls", 0), ("llm_errors", "errors", 0),
+                              ("ttft_p50_ms", "ttft_p50", None)):
+        series[key] = {a: [per_bin.get((a, when), {}).get(field, empty) for when in bins] for a in llm_arms}
+    return series
+
+
+def _utc(when):
+    return when.astimezone(dt_timezone.utc) if when.tzinfo else when.replace(tzinfo=dt_timezone.utc)
+
+
+def _truncate(when, unit: str):
+    when = when.astimezone(dt_timezone.utc).replace(minute=0, second=0, microsecond=0)
+    if unit == "hour":
+        return when
+    when = when.replace(hour=0)
+    return when if unit == "day" else when - timedelta(days=when.weekday())
+
+
+def _bin_label(when, unit: str) -> str:
+    return when.strftime("%d %b %H:00") if unit == "hour" else when.strftime("%d %b")
+
+
+CHARTS = (
+    ("allocated", "Arrivals (allocated), cumulative", "participants"),
+    ("completed", "Completions, cumulative", "participants"),
+    ("dropped", "Dropouts (withdrew or idle), cumulative", "participants"),
+    ("ttft_p50_ms", "LLM time to first token, median", "ms"),
+    ("llm_errors", "LLM errors per bin", "errors"),
+)
+
+
+def _charts(timeline: dict) -> list[dict]:
+    """One SVG line chart per series of the timeline, each with its text alternative (`desc` and a table)."""
+    if not timeline["bins"]:
+        return []
+    from .report import PALETTE
+
+    unit, bins = timeline["unit"], timeline["bins"]
+    labels = [_bin_label(when, unit) for when in bins]
+    # an arm keeps its colour in every chart
+    colors = {arm: PALETTE[i % len(PALETTE)] for i, arm in enumerate(timeline["arms"])}
+    out = []
+    for key, title, y_label in CHARTS:
+        series = timeline.get(key) or {}
+        if not series:
+            continue
+        title = f"{title} ({'per ' + unit if key.startswith('llm') or key == 'ttft_p50_ms' else 'by ' + unit}, UTC)"
+        out.append({
+            "key": key, "title": title, "y_label": y_label, "labels": labels,
+            "rows": [{"arm": arm, "values": values} for arm, values in series.items()],
+            "svg": line_chart_svg(title, labels, series, y_label=y_label, x_label=f"{unit} (UTC)", colors=colors),
+        })
+    return out
+
+
+def line_chart_svg(title: str, labels: list[str], series: dict[str, list], *, y_label: str, x_label: str,
+                   colors: dict[str, str] | None = None) -> str:
+    """A line per arm over the bins (a gap where a value is None), drawn with the report's plot box."""
+    from .report import PALETTE, _nice, _Svg
+
+    colors = colors or {arm: PALETTE[i % len(PALETTE)] for i, arm in enumerate(series)}
+    values = [v for vs in series.values() for v in vs if v is not None]
+    lo, hi, ticks, digits = _nice(0, max([1, *values]))
+    if all(float(t).is_integer() for t in ticks):
+        digits = 0
+    width = max(340, min(720, 60 + 28 * len(labels)))
+    legend, x, line = [], 16.0, 0
+    for arm in series:
+        name = arm if len(arm) <= 24 else arm[:23] + "…"
+        advance = 26 + len(name) * 6.2
+        if x + advance > width - 8 and x > 16:
+            x, line = 16.0, line + 1
+        legend.append((x, line, name, colors[arm]))
+        x += advance
+    top = 30 + 14 * (line + 1) + 4
+    svg = _Svg(width, 230 + top, title, top=top, bottom=50, inset=8)
+    svg.set_y(lo, hi)
+    svg.set_x(0, max(1, len(labels) - 1))
+    svg.y_axis(ticks, y_label, digits=digits)
+    svg.axis_line(svg.x0, svg.y0, svg.x1, svg.y0)
+    every = max(1, math.ceil(len(labels) / max(1, (svg.x1 - svg.x0) // 70)))
+    for i, label in enumerate(labels):
+        tick = svg.x(i)
+        svg.axis_line(tick, svg.y0, tick, svg.y0 + 4)
+        if i % every == 0:
+            svg.axis_text(tick, svg.y0 + 16, label, size=10)
+    svg.axis_text((svg.x0 + svg.x1) / 2, svg.h - 8, x_label)
+    for x, line, name, color in legend:
+        y = 34 + 14 * line
+        svg.axis_line(x, y - 4, x + 14, y - 4, color=color, width=2)
+        svg.axis_text(x + 18, y, name, anchor="start", size=10)
+    described = []
+    for arm, vs in series.items():
+        color = colors[arm]
+        run: list[str] = []
+        for j, v in enumerate([*vs, None]):
+            if v is not None:
+                run.append(f"{svg.x(j):.1f},{svg.y(v):.1f}")
+                svg.circle(svg.x(j), svg.y(v), 2.5, color, title=f"{arm}, {labels[j]}: {_fmt(v)}")
+            elif run:
+                svg.add(f'<polyline points="{" ".join(run)}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+                run = []
+        shown = [(labels[j], v) for j, v in enumerate(vs) if v is not None]
+        described.append(f"{arm}: " + (", ".join(f"{at} {_fmt(v)}" for at, v in shown) if shown else "no data"))
+    svg.desc = f"{title}; {y_label} by {x_label}. " + "; ".join(described) + "."
+    return svg.render()
+
+
+def _fmt(v) -> str:
+    return f"{v:.0f}" if isinstance(v, (int, float)) else str(v)
 
 
 # --- the scheduler (beat) -------------------------------------------------------------------------

@@ -208,6 +208,7 @@ class _Svg:
         self.marks: list[str] = []
         self.title = title
         self.clipped = 0  # interval ends drawn as arrows
+        self.desc = ""  # a text alternative, said after the title
 
     @property
     def x0(self):
@@ -320,6 +321,7 @@ class _Svg:
         box = f"{self.x0:.1f} {self.y1:.1f} {self.x1:.1f} {self.y0:.1f}"
         return (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{self.w}" height="{self.h}" '
                 f'viewBox="0 0 {self.w} {self.h}" font-family="sans-serif"><title>{_e(self.title)}</title>'
+                f'{f"<desc>{_e(self.desc)}</desc>" if self.desc else ""}'
                 f'<g data-role="axes">{"".join(self.axes)}</g>'
                 f'<g data-role="marks" data-box="{box}" data-clipped="{self.clipped}">{"".join(self.marks)}</g></svg>')
 

@@ -14,7 +14,7 @@ from pages_support import as_role  # noqa: F401
 pytestmark = pytest.mark.django_db
 
 # session, user, the gatekeeper's membership; then the page's own reads
-MONITOR_COMPUTED = 3 + 6           # study_monitor: version, participants, LLM calls, turns, erased spend, step times
+MONITOR_COMPUTED = 3 + 8  # study_monitor: version, participants, LLM calls, turns, erased spend, step times, two timelines
 MONITOR_SERVED = 3                 # the numbers come from the cache
 PARTICIPANT_LIST_QUERIES = 3 + 4   # arms of the version, count, the page of participants, their integrity signals
 TRANSCRIPT_QUERIES = 3 + 4 + 3     # participant_transcript (participant, turns, LLM calls, snapshots), participant_activity (3)

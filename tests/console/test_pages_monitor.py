@@ -153,6 +153,6 @@ def test_pages_serve_cached_numbers_and_a_worker_refreshes_stale_ones(
     assert shown() == before + 5
     age_by(monitoring.STALE_S)  # no worker refreshed them: the request computes
     study_populate(busy_study, 2, seed=98)
-    with django_assert_num_queries(3 + 6):
+    with django_assert_num_queries(3 + 8):
         client.get(url)
     assert shown() == before + 7

@@ -15,7 +15,8 @@ STEPS = 1 + 5 + 1 + 5 + 3  # consent, pre-test, explanation, post-test, question
 
 
 def _static_files_text() -> str:
-    return "".join(p.read_text(encoding="utf-8") for p in Path(settings.BASE_DIR, "static").rglob("*") if p.is_file())
+    """Every static file as text (a binary one, such as the favicon, read as Latin-1: every byte is kept)."""
+    return "".join(p.read_bytes().decode("latin-1") for p in Path(settings.BASE_DIR, "static").rglob("*") if p.is_file())
 
 
 def test_the_code_appears_in_no_page_script_or_response_before_completion(live_study, enter, step_through):

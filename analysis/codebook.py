@@ -184,7 +184,7 @@ def _tables() -> tuple[Table, ...]:
             _c("snapshot_index", "integer", "0 = initialised from the pre-test, then one per participant turn.",
                nullable=False),
             _c("source", "string", "What produced the snapshot.", allowed=("pretest", "rules", "llm"), nullable=False),
-            _c("schema_version", "integer", "Version of the learner-model JSON schema (explainers/learner.py).",
+            _c("schema_version", "integer", "Version of the learner-model JSON schema (explainers/learner/model.py).",
                nullable=False),
             _c("state", "json", "The snapshot: per-concept mastery and evidence, misconceptions, background, "
                "next goal, why it changed (JSON text).", nullable=False),

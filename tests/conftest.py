@@ -173,6 +173,22 @@ def in_process(monkeypatch):
     redis.Redis.from_url(django_settings.REDIS_URL).flushdb()
 
 
+def export_table_read(folder, table: str, fmt: str):
+    """One table of an export folder (csv, parquet or jsonl) as a DataFrame."""
+    import pandas as pd
+
+    from analysis.codebook import TABLES
+
+    path = folder / f"{table}.{fmt}"
+    if fmt == "csv":
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if fmt == "parquet":
+        return pd.read_parquet(path)
+    if not path.stat().st_size:  # JSON Lines cannot name the columns of an empty table: the codebook does
+        return pd.DataFrame(columns=TABLES[table].names)
+    return pd.read_json(path, lines=True, dtype=False)
+
+
 @pytest.fixture
 def enter():
     """Return a function that enters a study as a participant through the study link.

@@ -17,7 +17,7 @@ from django.core.management import call_command
 
 from analysis.codebook import TABLE_NAMES, TABLES, WIDE
 from analysis.export import study_export
-from conftest import chat_only, static_only
+from conftest import chat_only, export_table_read, static_only
 from explainers import services as explainer_services
 from explainers.models import Turn
 from participants.models import Participant, Step
@@ -43,17 +43,6 @@ def _token(client, version) -> str:
 
 def _participant(client, version) -> Participant:
     return Participant.objects.get(token=_token(client, version))
-
-
-def _read(folder, table, fmt) -> pd.DataFrame:
-    path = folder / f"{table}.{fmt}"
-    if fmt == "csv":
-        return pd.read_csv(path, keep_default_na=False, na_values=[""])
-    if fmt == "parquet":
-        return pd.read_parquet(path)
-    if not path.stat().st_size:  # JSON Lines cannot name the columns of an empty table: the codebook does
-        return pd.DataFrame(columns=TABLES[table].names)
-    return pd.read_json(path, lines=True, dtype=False)
 
 
 def _static_with(withdrawal):
@@ -103,7 +92,7 @@ def _export(world, tmp_path, fmt, name=None, **options):
 def test_every_table_reads_back_tidy_with_version_hash_on_every_row(world, tmp_path, fmt):
     folder = _export(world, tmp_path, fmt)
     hashes = {world["static"].sha256, world["chat"].sha256}
-    frames = {table: _read(folder, table, fmt) for table in TABLES}
+    frames = {table: export_table_read(folder, table, fmt) for table in TABLES}
     for table, frame in frames.items():
         assert list(frame.columns) == TABLES[table].names, table
         assert frame["version_sha256"].notna().all() and set(frame["version_sha256"]) <= hashes, table
@@ -164,8 +153,8 @@ def test_parquet_keeps_types(world, tmp_path):
 
 
 def test_pseudonyms_are_stable_across_exports_and_formats_and_not_derived_from_identifiers(world, tmp_path):
-    first = _read(_export(world, tmp_path, "csv", "one"), "participants", "csv")
-    second = _read(_export(world, tmp_path, "parquet", "two"), "participants", "parquet")
+    first = export_table_read(_export(world, tmp_path, "csv", "one"), "participants", "csv")
+    second = export_table_read(_export(world, tmp_path, "parquet", "two"), "participants", "parquet")
     assert sorted(first["pseudonym"]) == sorted(second["pseudonym"])
     assert all(re.fullmatch(r"p_[0-9a-f]{16}", name) for name in first["pseudonym"])
     derived = set()
@@ -177,9 +166,9 @@ def test_pseudonyms_are_stable_across_exports_and_formats_and_not_derived_from_i
 
 
 def test_pseudonyms_change_with_the_secret(world, tmp_path, settings):
-    before = set(_read(_export(world, tmp_path, "csv", "a"), "participants", "csv")["pseudonym"])
+    before = set(export_table_read(_export(world, tmp_path, "csv", "a"), "participants", "csv")["pseudonym"])
     settings.SECRET_KEY = "another-secret"
-    after = set(_read(_export(world, tmp_path, "csv", "b"), "participants", "csv")["pseudonym"])
+    after = set(export_table_read(_export(world, tmp_path, "csv", "b"), "participants", "csv")["pseudonym"])
     assert not before & after
 
 
@@ -203,9 +192,9 @@ def test_no_identifier_is_in_any_file(world, tmp_path, fmt):
 
 
 def test_simulated_participants_can_be_left_out_and_pilots_kept(world, tmp_path):
-    without = _read(_export(world, tmp_path, "csv", "nobots", include_simulated=False), "participants", "csv")
+    without = export_table_read(_export(world, tmp_path, "csv", "nobots", include_simulated=False), "participants", "csv")
     assert len(without) == 4 and not without["is_simulated"].astype(bool).any()
-    with_pilot = _read(_export(world, tmp_path, "csv", "pilot", include_pilot=True), "participants", "csv")
+    with_pilot = export_table_read(_export(world, tmp_path, "csv", "pilot", include_pilot=True), "participants", "csv")
     assert len(with_pilot) == 6 and with_pilot["is_pilot"].astype(bool).sum() == 1
 
 
@@ -220,10 +209,10 @@ def test_withdrawn_participants_are_left_out_everywhere_when_the_study_says_dele
     for fmt in FORMATS:
         folder = tmp_path / fmt
         study_export(slug=version.study.slug, out=folder, fmt=fmt)
-        participants = _read(folder, "participants", fmt)
+        participants = export_table_read(folder, "participants", fmt)
         assert list(participants["status"]) == ["completed"]
         for table in ("responses", "events"):
-            assert set(_read(folder, table, fmt)["pseudonym"]) == set(participants["pseudonym"]), (fmt, table)
+            assert set(export_table_read(folder, table, fmt)["pseudonym"]) == set(participants["pseudonym"]), (fmt, table)
         assert json.loads((folder / "manifest.json").read_text())["versions"][0]["withdrawal"] == "delete"
 
 
@@ -234,7 +223,7 @@ def test_the_codebook_covers_every_written_column_and_nothing_else(world, tmp_pa
         written = {p.stem for p in folder.glob(f"*.{fmt}")}
         assert written == set(codebook["tables"]) == set(TABLE_NAMES) == set(TABLES) | {WIDE}
         for table in written:
-            columns = list(_read(folder, table, fmt).columns)
+            columns = list(export_table_read(folder, table, fmt).columns)
             assert columns == [c["name"] for c in codebook["tables"][table]["columns"]], (fmt, table)
         for table in codebook["tables"].values():
             for column in table["columns"]:
@@ -251,7 +240,7 @@ def test_the_codebook_covers_every_written_column_and_nothing_else(world, tmp_pa
 def test_the_command_writes_the_export(world, tmp_path):
     out = tmp_path / "cmd"
     call_command("study_export", world["slug"], "--format", "jsonl", "--out", str(out), "--exclude-simulated")
-    assert len(_read(out, "participants", "jsonl")) == 4
+    assert len(export_table_read(out, "participants", "jsonl")) == 4
     assert json.loads((out / "manifest.json").read_text())["options"]["include_simulated"] is False
 
 
@@ -301,14 +290,14 @@ def test_learner_model_snapshots_and_predictions_are_exported(launch, enter, ste
     sent = Turn.objects.filter(author=Turn.Author.PARTICIPANT).count()
     step_through(client, version)  # leave the explanation: the tutor predicts the post-test
     study_export(slug=version.study.slug, out=tmp_path, fmt="jsonl")
-    snapshots = _read(tmp_path, "learner_models", "jsonl")
+    snapshots = export_table_read(tmp_path, "learner_models", "jsonl")
     assert list(snapshots["snapshot_index"]) == list(range(sent + 1))
     assert list(snapshots["source"]) == ["pretest"] + ["rules"] * sent
     assert all("concepts" in json.loads(state) for state in snapshots["state"])
-    predictions = _read(tmp_path, "predictions", "jsonl")
+    predictions = export_table_read(tmp_path, "predictions", "jsonl")
     assert len(predictions) == len(version.spec["instruments"]["post_test"]["forms"]["A"])
     assert predictions["p_correct"].between(0, 1).all()
-    turns = _read(tmp_path, "turns", "jsonl")
+    turns = export_table_read(tmp_path, "turns", "jsonl")
     explainer = turns[turns["author"] == "explainer"]
     assert explainer["act"].notna().all() and explainer["concept"].notna().any()  # what the tutor did, per turn
     checks = explainer[explainer["act"] == "check"]
@@ -349,7 +338,7 @@ def test_a_failed_call_is_exported_with_its_error_text_and_strategy_and_a_cut_of
     participant = _participant(client, version)
     for fmt in FORMATS:
         folder = _export({"slug": version.study.slug}, tmp_path, fmt)
-        calls = _read(folder, "llm_calls", fmt).set_index("attempt")
+        calls = export_table_read(folder, "llm_calls", fmt).set_index("attempt")
         assert {"error", "tool_choice", "structured_output", "fallback_reason", "trimmed"} <= set(calls.columns)
         assert calls.loc[1, "error"] == call.error[:500] and "maximum context length" in calls.loc[1, "error"]
         assert calls.loc[2, "error"] == long_error[:500]  # truncated to 500 characters
@@ -357,7 +346,7 @@ def test_a_failed_call_is_exported_with_its_error_text_and_strategy_and_a_cut_of
         assert calls.loc[1, "fallback_reason"] == "auto gave no tool call"
         assert json.loads(calls.loc[1, "trimmed"]) == {"turns": 3, "material_chars": 1200}
         assert pd.isna(calls.loc[1, "cost_usd"]) and pd.isna(calls.loc[2, "trimmed"])  # unknown price: empty
-        turns = _read(folder, "turns", fmt)
+        turns = export_table_read(folder, "turns", fmt)
         failed = turns[turns["turn_id"] == call.turn_id].iloc[0]
         assert failed["status"] == "failed" and bool(failed["cut_off"])
         assert failed["shown_text"] == "Income matters when the debt ratio"

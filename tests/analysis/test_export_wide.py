@@ -13,6 +13,7 @@ import pytest
 from analysis import frames as F
 from analysis.codebook import TABLE_NAMES, TABLES, WIDE, WIDE_FIXED, wide_column_names, wide_table
 from analysis.export import study_export
+from conftest import export_table_read
 from participants.models import Participant
 
 FORMATS = ("csv", "parquet", "jsonl")
@@ -32,17 +33,6 @@ def static_and_tutor_with_a_scale(data) -> None:
     data["allocation"]["block_size"] = 2
     if "analysis" in data:  # a study with an analysis plan can declare scales of its questionnaire
         data["analysis"]["scales"] = [dict(SCALE)]
-
-
-def _read(folder, table, fmt) -> pd.DataFrame:
-    path = folder / f"{table}.{fmt}"
-    if fmt == "csv":
-        return pd.read_csv(path, keep_default_na=False, na_values=[""])
-    if fmt == "parquet":
-        return pd.read_parquet(path)
-    if not path.stat().st_size:  # JSON Lines cannot name the columns of an empty table: the codebook does
-        return pd.DataFrame(columns=TABLES[table].names)
-    return pd.read_json(path, lines=True, dtype=False)
 
 
 def _same(a, b) -> bool:
@@ -81,11 +71,11 @@ def study(launch, enter, step_through, settings):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_the_wide_table_has_one_row_per_participant_with_the_values_of_the_long_tables(study, tmp_path, fmt):
     manifest = study_export(slug=study.study.slug, out=tmp_path, fmt=fmt)
-    wide = _read(tmp_path, WIDE, fmt)
-    people = _read(tmp_path, "participants", fmt)
-    responses = _read(tmp_path, "responses", fmt)
-    turns = _read(tmp_path, "turns", fmt)
-    calls = _read(tmp_path, "llm_calls", fmt)
+    wide = export_table_read(tmp_path, WIDE, fmt)
+    people = export_table_read(tmp_path, "participants", fmt)
+    responses = export_table_read(tmp_path, "responses", fmt)
+    turns = export_table_read(tmp_path, "turns", fmt)
+    calls = export_table_read(tmp_path, "llm_calls", fmt)
     codebook = json.loads((tmp_path / "codebook.json").read_text())
 
     # one row per participant, the same people in the same order, the codebook's columns in its order

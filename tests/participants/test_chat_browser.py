@@ -13,6 +13,7 @@ import pytest
 from conftest import ARTIFACTS, CSP_MARKERS, chat_only
 from explainers.models import Turn
 from participants.models import Participant, Step
+from test_pages_browser import _answer_items
 
 REPLY = " ".join(
     f"The model first looks at income{n} and then at the debt ratio, and it approves the loan when both are good."
@@ -34,21 +35,6 @@ def _shot(page, name: str) -> None:
 
 def _words(text: str) -> str:
     return " ".join(text.split())
-
-
-def _answer_pre_test(page) -> None:
-    while page.locator("body").get_attribute("data-page") == "item":
-        form = page.locator("form[data-item]")
-        choices = form.locator("input[name=answer][type=radio], input[name=answer][type=checkbox]")
-        if choices.count():
-            choices.first.check()
-        else:
-            form.locator("input[name=answer], textarea[name=answer]").first.fill("1")
-        confidence = form.locator("input[name=confidence]")
-        if confidence.count():
-            confidence.fill("70")
-        with page.expect_navigation():
-            form.locator("button.primary").click()
 
 
 def _lengths_while_streaming(page, bubble, *, at_least: int, timeout_s: float = 6.0) -> list[int]:
@@ -87,7 +73,7 @@ def test_a_reply_streams_survives_a_reload_and_the_page_matches_the_database(
     with page.expect_navigation():
         page.locator("button[name=choice][value=accept]").click()
     assert page.locator("body").get_attribute("data-page") == "item", (page.url, page.content()[:2000])
-    _answer_pre_test(page)
+    _answer_items(page)
     assert page.locator("body").get_attribute("data-page") == "explanation", (page.url, page.content()[:2000])
     participant = Participant.objects.get(study=version.study)
     assert participant.step == Step.EXPLANATION and participant.arm == "chat"
@@ -179,7 +165,7 @@ def _enter_chat(page, base_url: str, version, query: str = "") -> Participant:
     page.goto(f"{base_url}/s/{version.study.slug}/?PROLIFIC_PID={pid}&STUDY_ID=s&SESSION_ID=x{query}")
     with page.expect_navigation():
         page.locator("button[name=choice][value=accept]").click()
-    _answer_pre_test(page)
+    _answer_items(page)
     assert page.locator("body").get_attribute("data-page") == "explanation", (page.url, page.content()[:2000])
     return Participant.objects.get(study=version.study)
 

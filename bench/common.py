@@ -473,15 +473,21 @@ class HTTP:
             buffer += chunk
             while b"\n\n" in buffer:
                 block, buffer = buffer.split(b"\n\n", 1)
-                kind, data = "message", ""
-                for line in block.decode().split("\n"):
-                    if line.startswith("event:"):
-                        kind = line[6:].strip()
-                    elif line.startswith("data:"):
-                        data += line[5:].strip()
-                    elif line.startswith(":"):
-                        kind = "comment"
-                yield now, kind, data
+                yield (now, *sse_event(block))
+
+
+def sse_event(block: bytes) -> tuple[str, str]:
+    """(kind, data) of one server-sent-events block (the bytes between two blank lines); a comment line gives
+    ("comment", its text)."""
+    kind, data = "message", ""
+    for line in block.decode().split("\n"):
+        if line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+        elif line.startswith(":"):
+            kind, data = "comment", line[1:].strip()
+    return kind, data
 
 
 async def chat_turn(post: HTTP, sse: HTTP, cookie: str, extra: dict, text: str, timeout: float = 45.0) -> dict:

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.contrib.sessions.backends.db import SessionStore
 
 from bench.burst_arrivals import ConnectionWatch, burst
+from bench.common import sse_event
 from conftest import chat_only, hex_pid
 from explainers.models import Turn
 from explainers.streaming import TurnStream
@@ -108,14 +109,7 @@ class Stream:
                 buffer += (await self.reader.readexactly(size + 2))[:-2]
                 while b"\n\n" in buffer:
                     block, buffer = buffer.split(b"\n\n", 1)
-                    kind, data = "message", ""
-                    for line in block.decode().split("\n"):
-                        if line.startswith("event:"):
-                            kind = line[6:].strip()
-                        elif line.startswith("data:"):
-                            data += line[5:].strip()
-                        elif line.startswith(":"):
-                            kind, data = "comment", line[1:].strip()
+                    kind, data = sse_event(block)
                     self.events.append((kind, data))
                     if (kind, data) == ("comment", "open"):
                         self.opened.set()

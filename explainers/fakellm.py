@@ -759,7 +759,7 @@ class FakeLLM:
 
     # -- lifecycle
     def start(self, timeout: float = 20.0) -> "FakeLLM":
-        import httpx
+        import httpx2
 
         folder = self.port_file_dir
         if folder is None:
@@ -786,7 +786,7 @@ class FakeLLM:
         else:
             self.stop()
             raise RuntimeError("fakellm did not start in time")
-        self._http = httpx.Client(base_url=self.url, timeout=10.0, trust_env=False)
+        self._http = httpx2.Client(base_url=self.url, timeout=10.0, trust_env=False)
         port_file.unlink(missing_ok=True)
         return self
 

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import httpx2
 import jsonschema
 from django.conf import settings
 from django.utils import timezone
@@ -264,7 +264,7 @@ class _Probe:
         out = None
         timeout = min(MODELS_TIMEOUT_S, max(0.5, self.deadline - time.monotonic()))
         try:
-            with httpx.Client(timeout=timeout, trust_env=False, headers=headers) as client:
+            with httpx2.Client(timeout=timeout, trust_env=False, headers=headers) as client:
                 response = client.get(base.rstrip("/") + "/models")
                 if response.status_code == 200:
                     out = {"models": response.json()}
@@ -273,7 +273,7 @@ class _Probe:
                     props = client.get(urlunsplit((parts.scheme, parts.netloc, "/props", "", "")))
                     if props.status_code == 200:
                         out = {**(out or {}), "props": props.json()}
-        except (httpx.HTTPError, ValueError) as error:
+        except (httpx2.HTTPError, ValueError) as error:
             self.errors.setdefault("models", f"{type(error).__name__}: {error}"[:300])
         return out
 

@@ -23,7 +23,8 @@ so one watchdog thread per process looks at every call in flight every ``WATCHDO
 the socket of a call that passed a limit; its blocked read returns at once. Before the response
 headers there is no socket to shut: that phase is bounded by the read timeout, min(ttft, total).
 
-Note: the SDK versions installed here (openai 3.x, anthropic 2.x) are built on ``httpx2``, not
+Note: the SDK versions installed here (openai 3.x, anthropic 2.x) are built on ``httpx2``, the one HTTP
+client of the project (the fake LLM server, the probe and the bots use it too), not
 ``httpx``; their ``http_client`` must be an ``httpx2.Client`` (anthropic refuses an
 ``httpx.Client`` outright).
 """

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
 
-import httpx
+import httpx2
 
 from studies.protocol import Protocol
 from studies.scoring import item_key
@@ -100,7 +100,7 @@ def page_parse(html: str) -> _Page:
     return page
 
 
-def chat_wait(client: httpx.Client, page_url: str, timeout_s: float = REPLY_TIMEOUT_S) -> str:
+def chat_wait(client: httpx2.Client, page_url: str, timeout_s: float = REPLY_TIMEOUT_S) -> str:
     """Return the explanation page once no reply (or opening) is being written, or when the time is up."""
     deadline = time.monotonic() + timeout_s
     page = client.get(page_url).text
@@ -147,7 +147,7 @@ class AnswerPolicy:
             data["confidence"] = str(self.rng.randint(40, 100))
         return data
 
-    def converse(self, client: httpx.Client, slug: str, csrf: str) -> None:
+    def converse(self, client: httpx2.Client, slug: str, csrf: str) -> None:
         """Send `chat_turns` questions, each after the previous reply (or opening) is written or given up."""
         page_url = f"/s/{slug}/explanation/"
         for n in range(self.chat_turns):
@@ -169,7 +169,7 @@ def bot_run(*, base_url: str, slug: str, policy, link_token: str, pid: str | Non
     pid = pid or f"bot-{uuid.uuid4().hex}"
     result = BotResult(pid=pid)
     origin = urlsplit(base_url).netloc
-    with httpx.Client(base_url=base_url, follow_redirects=False, timeout=60) as client:
+    with httpx2.Client(base_url=base_url, follow_redirects=False, timeout=60) as client:
         url = f"/s/{slug}/?PROLIFIC_PID={pid}&STUDY_ID=bots&SESSION_ID={uuid.uuid4().hex}&sim={link_token}"
         response = client.get(url)
         while result.pages < MAX_PAGES:

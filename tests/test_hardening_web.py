@@ -413,7 +413,7 @@ def test_a_postgresql_restart_loses_nothing_and_the_pooled_web_process_serves_on
     """The pool's connections all die with the server; after the restart the web process serves again at
     once (each connection is checked before use), and what the participant did before and during the
     outage is either saved or refused with the outage page, never lost half-way."""
-    import httpx
+    import httpx2
     import psycopg
 
     import tempfile
@@ -432,7 +432,7 @@ def test_a_postgresql_restart_loses_nothing_and_the_pooled_web_process_serves_on
                        input=dump, check=True, capture_output=True)
         server = web_server(DATABASE_URL=pg.url("tb"), DB_POOL_MIN_SIZE=4, DB_POOL_TIMEOUT_S=3)
         slug = live_study.study.slug
-        with httpx.Client(base_url=server.url, timeout=WAIT_S) as browser:
+        with httpx2.Client(base_url=server.url, timeout=WAIT_S) as browser:
             entry = browser.get(f"/s/{slug}/", params={"PROLIFIC_PID": hex_pid("restart"), "STUDY_ID": "S",
                                                         "SESSION_ID": "R"})
             assert entry.status_code == 302 and entry.headers["location"].endswith("/consent/")

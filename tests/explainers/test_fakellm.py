@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from explainers.fakellm import FakeLLM, default_reply, fakellm_start, fakellm_stop, schema_instance
@@ -22,7 +22,7 @@ def fake(tmp_path_factory):
 @pytest.fixture
 def http(fake):
     fake.reset()
-    with httpx.Client(base_url=fake.url, timeout=10, trust_env=False) as client:
+    with httpx2.Client(base_url=fake.url, timeout=10, trust_env=False) as client:
         yield client
 
 
@@ -163,9 +163,9 @@ def test_failures_by_status(http, fake, path):
 def test_hang_and_drop(http, fake):
     fake.queue({"fail": "hang"}, {"fail": "drop"})
     body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-    with pytest.raises(httpx.ReadTimeout):
-        http.post("/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=0.5))
-    with pytest.raises(httpx.RemoteProtocolError):
+    with pytest.raises(httpx2.ReadTimeout):
+        http.post("/v1/chat/completions", json=body, timeout=httpx2.Timeout(5, read=0.5))
+    with pytest.raises(httpx2.RemoteProtocolError):
         chat(http, stream=True)
     time.sleep(0.2)
     stats = fake.stats()
@@ -217,7 +217,7 @@ def test_requests_recorded_without_keys(http, fake):
 def test_cli_port_file_and_helpers(tmp_path):
     process, url = fakellm_start(tmp_path)
     try:
-        assert httpx.get(url + "/v1/models", trust_env=False).status_code == 200
+        assert httpx2.get(url + "/v1/models", trust_env=False).status_code == 200
     finally:
         fakellm_stop(process)
     assert process.returncode is not None
@@ -229,7 +229,7 @@ def test_cli_port_file_and_helpers(tmp_path):
                 break
             time.sleep(0.05)
         port = int(port_file.read_text())
-        assert httpx.get(f"http://127.0.0.1:{port}/_control/stats", trust_env=False).json()["total"] == 0
+        assert httpx2.get(f"http://127.0.0.1:{port}/_control/stats", trust_env=False).json()["total"] == 0
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -3,7 +3,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
+import httpx2
 from django.core.management.base import BaseCommand, CommandError
 
 from participants.bots import REPLY_TIMEOUT_S, AnswerPolicy, bot_run
@@ -48,7 +48,7 @@ class Command(BaseCommand):
                     lambda pair: bot_run(base_url=base_url, slug=slug, policy=pair[0], link_token=token, pid=pair[1]),
                     zip(policies, pids),
                 ))
-        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+        except (httpx2.ConnectError, httpx2.ConnectTimeout) as error:
             # One line, not a traceback: the usual cause is a server that is not running.
             raise CommandError(f"no server answers at {base_url} ({error}): is it running? The demo starts with "
                                "`python3 run.py demo`, and `python3 run.py manage study_bots ...` finds its port") from None

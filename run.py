@@ -59,7 +59,8 @@ HEALTH_WAIT_S = 30.0
 PIP_HEARTBEAT_S = 30.0
 
 TEST_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/teachback"
-TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+TEST_REDIS_URL = "redis://127.0.0.1:6379/15"  # and 14 for the second test process (tests/xdist_workers.py)
+TEST_PROCESSES = 2
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 START_REDIS = (
     'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
@@ -768,9 +769,21 @@ def test_env() -> dict[str, str]:
     return env
 
 
+def parallel_args(pytest_args: list[str]) -> list[str]:
+    """The whole suite runs in TEST_PROCESSES processes, a test file per process at a time (pytest-xdist);
+    a run that names tests or its own `-n` is left as it is."""
+    names_tests = any(not arg.startswith("-") for arg in pytest_args)
+    chose = any(arg.startswith(("-n", "--numprocesses", "--dist")) or arg == "no:xdist" for arg in pytest_args)
+    processes = min(TEST_PROCESSES, os.cpu_count() or 1)
+    if names_tests or chose or processes < 2:
+        return []
+    return ["-n", str(processes), "--dist", "loadfile"]
+
+
 def run_pytest(pytest_args: list[str], env: dict[str, str]) -> int:
     """Run pytest and return its exit code, leaving Ctrl-C to pytest itself."""
-    process = subprocess.Popen([str(PYTHON), "-m", "pytest", *pytest_args], cwd=ROOT, env=env)
+    command = [str(PYTHON), "-m", "pytest", *parallel_args(pytest_args), *pytest_args]
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # pytest gets it: let it finish
     try:
         return process.wait()

@@ -94,15 +94,28 @@ def estimate_tokens(body: dict) -> int:
     return max(1, chars // 4)
 
 
-def default_reply(messages) -> str:
+HAN = re.compile(r"[\u4e00-\u9fff]")
+
+
+def default_reply(messages, system=None) -> str:
+    """The reply to a plain chat request: it says it is scripted and quotes the question, in Simplified
+    Chinese when the system prompt (the arm's instructions in the page's language) or the question is
+    written in it, in English otherwise."""
     asked = " ".join(last_user_text(messages).split())
     if len(asked) > 160:
         asked = asked[:157].rstrip() + "…"
-    if not asked:
-        asked = "(nothing yet)"
+    cue = " ".join([text_of(system), *(text_of(m.get("content")) for m in messages or []
+                                       if isinstance(m, dict) and m.get("role") == "system")])
+    if HAN.search(cue) or HAN.search(asked):
+        return (
+            "（脚本化的演示回复——没有配置真实的语言模型。）"
+            f"你问：“{asked or '（还没有问题）'}”。"
+            "真实的解释模型会根据研究材料和之前的对话来回答。"
+            "这条回复逐词流式显示，以便从头到尾试用聊天。"
+        )
     return (
         "(Scripted demo reply — no real language model is configured.) "
-        f"You asked: “{asked}”. "
+        f"You asked: “{asked or '(nothing yet)'}”. "
         "A real explainer model would answer this from the study material and the conversation so far. "
         "This reply is streamed word by word so that the chat can be tried end to end."
     )
@@ -391,7 +404,7 @@ class _Call:
             elif calls:
                 text = ""
             else:
-                text = default_reply(body.get("messages"))
+                text = default_reply(body.get("messages"), body.get("system"))
         return text, calls
 
     # ---------------------------------------------------------------- run

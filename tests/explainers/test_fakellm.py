@@ -117,6 +117,20 @@ def test_schema_instance():
     assert schema_instance(schema) == {"flag": False, "items": [{"n": 1.5}], "maybe": "xx", "capped": -5}
 
 
+def test_a_plain_reply_is_in_chinese_when_the_arms_instructions_or_the_question_are(http):
+    """The chat arm's instructions come in the page's language; the scripted reply follows them."""
+    system = {"role": "system", "content": "你是一名解释贷款模型的助手。"}
+    reply = chat(http, stream=False, messages=[system, {"role": "user", "content": "What does it use?"}]).json()
+    text = reply["choices"][0]["message"]["content"]
+    assert text.startswith("（脚本化的演示回复——没有配置真实的语言模型。）你问：“What does it use?”")
+    asked = http.post("/v1/messages", json={"model": "fake-claude", "max_tokens": 100, "system": "Explain the model.",
+                                            "messages": [{"role": "user", "content": "模型用什么？"}]}).json()
+    assert asked["content"][0]["text"].startswith("（脚本化的演示回复") and "模型用什么？" in asked["content"][0]["text"]
+    english = chat(http, stream=False, messages=[{"role": "system", "content": "Explain the model."},
+                                                 {"role": "user", "content": "Why?"}]).json()
+    assert english["choices"][0]["message"]["content"].startswith("(Scripted demo reply")
+
+
 def test_anthropic_stream_events_and_tool_use(http, fake):
     body = {
         "model": "fake-claude", "max_tokens": 100, "stream": True,

@@ -181,6 +181,9 @@ def test_the_charts_draw_in_chromium_under_the_csp_at_desktop_and_phone_width(
         for i in range(charts.count()):
             box = charts.nth(i).bounding_box()
             assert box["width"] > 100 and box["x"] + box["width"] <= width + 1, (width, i, box)  # fits the page
+        # the page itself never scrolls sideways: wide tables scroll inside their own box
+        wide = page.evaluate("""() => [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > innerWidth + 1).slice(0, 8).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""")
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, (width, wide)
         page.locator("#over-time").scroll_into_view_if_needed()
         page.screenshot(path=str(SHOTS / f"monitor-charts-{width}.png"), full_page=True)
         assert not [m for m in messages if any(marker in m for marker in CSP_MARKERS)], messages

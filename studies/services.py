@@ -13,7 +13,7 @@ from ruamel.yaml.error import YAMLError
 from .audit import audit_record
 from .models import Membership, Study, StudyAsset, StudyVersion
 from .selectors import study_get_for_researcher
-from .spec import STUDY_FILE, SpecError, StudyFile, StudyFileInvalid, localize
+from .spec import STUDY_FILE, SpecError, StudyFile, StudyFileInvalid, localize, texts_held_out_errors
 from .targets import target_keys
 from .upload import study_files_read, upload_files
 
@@ -157,6 +157,9 @@ def study_launch(*, slug: str, number: int | None = None, actor=None, waivers: d
     if version.state != StudyVersion.State.DRAFT:
         raise StudyStateError(f"{slug} v{version.number} is {version.state}; only a draft can be launched")
     assets = {a.path: bytes(a.content) for a in version.assets.all()}
+    shown = texts_held_out_errors(version.spec, assets)
+    if shown:
+        raise StudyFileInvalid(shown)
     target_sha256, keys, info = target_keys(version.spec, assets)  # raises StudyFileInvalid on a bad target
     with transaction.atomic():
         Study.objects.select_for_update().get(pk=version.study_id)

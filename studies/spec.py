@@ -237,6 +237,65 @@ def study_text_parse(text: str, assets: dict[str, bytes]) -> dict:
     return _normalise(data)
 
 
+def texts_held_out_errors(spec: dict, assets: dict[str, bytes]) -> list[SpecError]:
+    """The held-out check of the material, system prompts and practice questions, run on a stored spec (a draft
+    stored before that check existed is refused at launch as its upload would be now; no line numbers, as the
+    YAML text is not kept)."""
+    checker = _Checker(spec, None, assets)
+    checker.check_target()  # reads the target's data rows, which set the held-out distance
+    checker.errors.clear()
+    checker.check_texts_held_out()
+    return checker.errors
+
+
+def analysis_plan_parse(text: str, *, columns: list[str], arms: list[str] | None = None,
+                        file: str = "plan.yaml") -> dict:
+    """Validate a standalone plan file (`data:` and `analysis:`) for a table with `columns`; return it normalised.
+
+    Every name of the plan must be a column; the study file's checks run with each column standing in for
+    a numeric questionnaire item (an attention column holds 1 for a pass). `data.arms` (else `arms`, the
+    arm column's values) are the arms. Raises StudyFileInvalid, each error with its line in `file`.
+    """
+    yaml_caps_check(text)
+    doc, errors = _yaml_load(text)
+    if doc is not None and not isinstance(doc, dict):
+        errors.append(SpecError("", "must be a mapping of keys to values", line=1))
+    if errors:
+        raise StudyFileInvalid([SpecError(e.path, e.message, file, e.line) for e in errors])
+    data = _plain(doc)
+    setting = _obj({"arm": _id("the column holding the arm"), "arms": {"type": "array", "items": _id("an arm"),
+                    "minItems": 1, "uniqueItems": True},
+                    "precision": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}}})
+    schema = _obj({"data": setting, "analysis": _analysis_schema()}, required=("analysis",))
+    errors = [e for error in Draft202012Validator(schema).iter_errors(data) for e in _schema_error(error, doc)]
+    settings = data.get("data") if isinstance(data.get("data"), dict) else {}
+    arm_column = settings.get("arm", "arm")
+    arm_ids = settings.get("arms") or list(arms or [])
+    fake = {"arms": [{"id": a} for a in arm_ids if isinstance(a, str)],
+            "items": [{"id": c, "kind": "numeric", "key": 1} for c in columns if c != arm_column],
+            "instruments": {"questionnaire": [c for c in columns if c != arm_column]},
+            "analysis": data.get("analysis")}
+    checker = _Checker(fake, doc, {})
+    if not errors:
+        checker.check_analysis()
+        checker.folds_report()
+    plan = _mapping(data.get("analysis"))
+    named = [(("data", "arm"), arm_column)] + [(("data", "precision", k), k) for k in _mapping(settings.get("precision"))]
+    named += [(("analysis", "outcomes", i, "measure"), o.get("measure")) for i, o in _dicts(plan.get("outcomes"))]
+    named += [(("analysis", "covariates", j), c) for j, c in enumerate(plan.get("covariates") or [])]
+    scale_ids = {s.get("id") for _, s in _dicts(plan.get("scales"))}
+    for path, name in named:
+        if isinstance(name, str) and name not in columns and name not in scale_ids:
+            errors.append(SpecError(_path_str(path), f"'{name}' is not a column of the table", line=_line(doc, path)))
+    errors += [e for e in checker.errors if e.path not in {e.path for e in errors}]  # one error per name
+    if not errors and len(arm_ids) < 2:
+        errors.append(SpecError("data.arms", "the table needs at least two arms", line=_line(doc, ("data",))))
+    if errors:
+        raise StudyFileInvalid([SpecError(e.path, e.message, file, e.line) for e in _sorted_unique(errors)])
+    return {"data": {"arm": arm_column, "arms": list(arm_ids), "precision": dict(settings.get("precision") or {})},
+            "analysis": _normalise_analysis(data["analysis"], fake["arms"])}
+
+
 def study_json_schema() -> dict:
     """Return the JSON Schema (draft 2020-12) of study.yaml as written, before normalisation."""
     return json.loads(json.dumps(_SCHEMA))

@@ -114,3 +114,29 @@ def test_numbers_are_read_in_units_and_thousands():
 def test_a_table_row_and_a_list_item_are_units_of_their_own():
     units = text_units("Para one\ncontinues 1.\n\n- item 2\n- item 3\n\n| a | b |\n| --- | --- |\n| 4 | 5 |\n")
     assert units == [(1, "Para one continues 1."), (4, " item 2"), (5, " item 3"), (7, "| a | b |"), (9, "| 4 | 5 |")]
+
+
+@pytest.mark.django_db
+def test_a_draft_stored_before_the_check_is_refused_at_launch_naming_the_case(study_folder):
+    """The check runs again at launch on the stored spec and files, so a draft stored before it existed (here: its
+    material file changed in the database afterwards) cannot go live showing a test case; the fixed one can."""
+    from studies.models import StudyAsset
+    from studies.services import study_launch, study_version_create
+
+    version, _ = study_version_create(study_file=study_file_read(study_folder()))
+    asset = StudyAsset.objects.get(version=version, path="material/static.en.md")
+    fixed = bytes(asset.content)
+    text = fixed.decode("utf-8")
+    start, end = text.index("## Examples"), text.index("## How good is the model?")
+    asset.content = (text[:start] + OLD_EXAMPLES + "\n" + text[end:]).encode("utf-8")
+    asset.save(update_fields=["content"])
+    with pytest.raises(StudyFileInvalid) as caught:
+        study_launch(slug=version.study.slug)
+    shown = {e.message.split("test item '")[1].split("'")[0] for e in caught.value.errors}
+    assert shown == {"post_a4", "pre_a4", "pre_a5", "pre_b5"}, [str(e) for e in caught.value.errors]
+    assert all(e.file == "material/static.en.md" for e in caught.value.errors)
+    version.refresh_from_db()
+    assert version.state == "draft"
+    asset.content = fixed
+    asset.save(update_fields=["content"])
+    assert study_launch(slug=version.study.slug).state == "live"
